@@ -1,0 +1,8 @@
+//! The WireGuard protocol core, sans-IO.
+//!
+//! One module per concept, in the spirit of the kernel driver: wire formats
+//! in [`messages`], primitives in [`crypto`], the Noise handshake in
+//! [`handshake`], cookies in [`cookie`], transport sessions in [`session`],
+//! timer rules in [`timers`], the per-peer state machine in [`peer`].
+pub mod keys;
+pub mod crypto;
