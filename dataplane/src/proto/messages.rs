@@ -174,6 +174,44 @@ impl MacProtected for Response {
     }
 }
 
+/// A small datagram the core asks to send: a handshake message, a cookie
+/// reply or a keepalive. Owned and inline (148 bytes at most), so producing
+/// one allocates nothing.
+#[derive(Clone)]
+pub struct ControlMsg {
+    bytes: [u8; INITIATION_LEN],
+    len: u8,
+}
+
+impl ControlMsg {
+    /// Copies a message (at most 148 bytes) in.
+    pub fn new(msg: &[u8]) -> Self {
+        let mut bytes = [0u8; INITIATION_LEN];
+        let len = msg.len().min(INITIATION_LEN);
+        bytes[..len].copy_from_slice(&msg[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The datagram's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The message type word of the datagram.
+    pub fn msg_type(&self) -> u32 {
+        u32::from(self.bytes[0])
+    }
+}
+
+impl std::fmt::Debug for ControlMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ControlMsg(type {}, {} bytes)", self.bytes[0], self.len)
+    }
+}
+
 /// Why a datagram is not a WireGuard message. Each is counted by the
 /// engine and the datagram is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,648 @@
+//! One WireGuard interface, sans-IO: its key, its peers, their allowed
+//! IPs and session indexes, and the dispatch of incoming datagrams.
+//!
+//! [`Interface::receive`] takes one datagram from the network and says
+//! what to do with it; [`Interface::encrypt_batch`] seals packets for a
+//! peer; [`Interface::tick`] runs timers. The engine around it owns sockets,
+//! TUN queues, buffers and clocks, and stages packets while a handshake is
+//! under way.
+//!
+//! Denial of service: mac1 is checked before any public-key work. When the
+//! engine signals load ([`Interface::signal_load`]), handshakes without a
+//! valid mac2 get a cookie reply instead of an answer, and those with one
+//! pass a per-source token bucket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use zerocopy::{FromZeros, IntoBytes};
+
+use super::allowedips::{AllowedIps, AllowedIpsError};
+use super::cookie::{CookieChecker, MacVerdict};
+use super::handshake::{self, Identity};
+use super::index::IndexTable;
+use super::keys::{PresharedKey, PrivateKey, PublicKey};
+use super::messages::{self, ControlMsg, CookieReply, MacProtected, Message};
+use super::peer::{Clock, Ctx, Peer, PeerError, PeerId, SendOutcome, TickOutcome};
+use super::ratelimiter::RateLimiter;
+use super::session::PacketBuf;
+
+/// How long the interface stays "under load" after the engine last said so.
+pub const UNDER_LOAD_HOLD: Duration = Duration::from_secs(1);
+
+/// Why a datagram was dropped. The engine counts each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Drop {
+    /// Not a WireGuard message.
+    #[error("malformed: {0}")]
+    Malformed(#[from] messages::ParseError),
+    /// mac1 did not verify.
+    #[error("bad mac1")]
+    BadMac,
+    /// Under load and over the source's handshake rate.
+    #[error("handshake rate limited")]
+    RateLimited,
+    /// The interface has no private key.
+    #[error("no private key")]
+    NoIdentity,
+    /// The initiator's static key is not a configured peer.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The receiver index names no live handshake or session.
+    #[error("unknown receiver index")]
+    UnknownIndex,
+    /// The peer refused it (authentication, replay, expiry...).
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    /// Decrypted, but not an IPv4 or IPv6 packet.
+    #[error("inner packet is not IP")]
+    NotIp,
+    /// Decrypted, but its source address is not allowed for the sending peer.
+    #[error("inner source not allowed for the peer")]
+    SourceNotAllowed,
+}
+
+/// What to do with a datagram handed to [`Interface::receive`].
+#[derive(Debug)]
+pub enum Received {
+    /// The buffer now holds an IP packet from `peer` to write to the TUN.
+    Data {
+        /// The sender.
+        peer: PeerId,
+        /// It confirmed a new session: send packets staged for the peer.
+        confirmed: bool,
+        /// An initiation to send to the peer (rekey), if due.
+        handshake: Option<ControlMsg>,
+    },
+    /// A keepalive from `peer`: nothing to deliver.
+    Keepalive {
+        /// The sender.
+        peer: PeerId,
+        /// It confirmed a new session: send packets staged for the peer.
+        confirmed: bool,
+        /// An initiation to send to the peer (rekey), if due.
+        handshake: Option<ControlMsg>,
+    },
+    /// Send `reply` back to the datagram's source (a handshake response
+    /// for `peer`, or a cookie reply when `peer` is `None`).
+    Reply {
+        /// The peer answered, if the reply is a handshake response.
+        peer: Option<PeerId>,
+        /// The datagram to send.
+        reply: ControlMsg,
+    },
+    /// Our handshake with `peer` completed: send its staged packets, or
+    /// `keepalive` if none are staged.
+    HandshakeComplete {
+        /// The peer.
+        peer: PeerId,
+        /// A keepalive under the new session.
+        keepalive: ControlMsg,
+    },
+    /// A cookie reply was taken in; the next initiation will carry mac2.
+    CookieAccepted {
+        /// The peer that sent it.
+        peer: PeerId,
+    },
+    /// Dropped, for the given reason.
+    Dropped(Drop),
+}
+
+/// Why a configuration change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No peer with that handle.
+    #[error("no such peer")]
+    NoSuchPeer,
+    /// The peer's public key is the interface's own.
+    #[error("a peer cannot have the interface's own public key")]
+    OwnKey,
+    /// A bad allowed-IP prefix.
+    #[error(transparent)]
+    AllowedIps(#[from] AllowedIpsError),
+}
+
+/// A WireGuard interface's protocol state.
+#[derive(Debug)]
+pub struct Interface {
+    identity: Option<Identity>,
+    checker: Option<CookieChecker>,
+    peers: Vec<Option<Peer>>,
+    free: Vec<PeerId>,
+    by_key: HashMap<PublicKey, PeerId>,
+    indexes: IndexTable<PeerId>,
+    allowed: AllowedIps<PeerId>,
+    limiter: RateLimiter,
+    under_load_until: Option<Instant>,
+    clock: Clock,
+    worker: u32,
+}
+
+impl Interface {
+    /// An interface without a key or peers. `now` and `wall` are read
+    /// together once by the caller to map monotonic to wall-clock time.
+    pub fn new(now: Instant, wall: SystemTime) -> Self {
+        Self {
+            identity: None,
+            checker: None,
+            peers: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            indexes: IndexTable::new(0),
+            allowed: AllowedIps::new(),
+            limiter: RateLimiter::new(),
+            under_load_until: None,
+            clock: Clock::new(now, wall),
+            worker: 0,
+        }
+    }
+
+    /// Sets, replaces or (with `None`) removes the private key. Every
+    /// session is erased, since they were made under the old key; a peer
+    /// whose public key equals the new one is removed, as in the kernel.
+    pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
+        let identity = key.filter(|k| !k.is_zero()).map(Identity::new);
+        if identity.as_ref().map(|i| i.public_key())
+            == self.identity.as_ref().map(|i| i.public_key())
+        {
+            return;
+        }
+        self.checker = identity
+            .as_ref()
+            .map(|i| CookieChecker::new(i.public_key()));
+        if let Some(own) = identity
+            .as_ref()
+            .and_then(|i| self.by_key.get(i.public_key()).copied())
+        {
+            let _ = self.remove_peer(own);
+        }
+        self.identity = identity;
+        for peer in self.peers.iter_mut().flatten() {
+            peer.interface_key_changed(&mut self.indexes);
+        }
+    }
+
+    /// The interface's public key, if it has a private key.
+    pub fn public_key(&self) -> Option<&PublicKey> {
+        self.identity.as_ref().map(|i| i.public_key())
+    }
+
+    /// The interface's private key.
+    pub fn private_key(&self) -> Option<&PrivateKey> {
+        self.identity.as_ref().map(|i| i.private_key())
+    }
+
+    /// Adds a peer, or returns the existing one with that key.
+    pub fn add_peer(&mut self, key: PublicKey) -> Result<PeerId, ConfigError> {
+        if self.public_key() == Some(&key) {
+            return Err(ConfigError::OwnKey);
+        }
+        if let Some(&id) = self.by_key.get(&key) {
+            return Ok(id);
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.peers.push(None);
+                (self.peers.len() - 1) as PeerId
+            }
+        };
+        self.peers[id as usize] = Some(Peer::new(id, key, PresharedKey::default()));
+        self.by_key.insert(key, id);
+        Ok(id)
+    }
+
+    /// Removes a peer with its sessions and allowed IPs.
+    pub fn remove_peer(&mut self, id: PeerId) -> Result<(), ConfigError> {
+        let mut peer = self
+            .peers
+            .get_mut(id as usize)
+            .and_then(Option::take)
+            .ok_or(ConfigError::NoSuchPeer)?;
+        peer.erase_keys(&mut self.indexes);
+        self.by_key.remove(peer.public_key());
+        self.allowed.remove_value(id);
+        self.free.push(id);
+        Ok(())
+    }
+
+    /// The peer with that public key.
+    pub fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
+        self.by_key.get(key).copied()
+    }
+
+    /// A peer by handle.
+    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// A peer by handle, for configuration.
+    pub fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.peers.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    /// Every peer, in handle order.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().flatten()
+    }
+
+    /// Number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Gives `addr/cidr` to `peer`, taking it from any other peer.
+    pub fn allow(&mut self, peer: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
+        self.peer(peer).ok_or(ConfigError::NoSuchPeer)?;
+        self.allowed.insert(addr, cidr, peer)?;
+        Ok(())
+    }
+
+    /// Takes `addr/cidr` from `peer` (no-op if another peer has it).
+    pub fn disallow(&mut self, peer: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
+        if self.allowed.get(addr, cidr)? == Some(peer) {
+            self.allowed.remove(addr, cidr)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every allowed IP of `peer`.
+    pub fn clear_allowed(&mut self, peer: PeerId) {
+        self.allowed.remove_value(peer);
+    }
+
+    /// The allowed IPs of `peer`, in the order they were given.
+    pub fn allowed_ips(&self, peer: PeerId) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
+        self.allowed.prefixes_of(peer)
+    }
+
+    /// The peer that packets to `dst` go to (longest prefix match).
+    #[inline]
+    pub fn route(&self, dst: IpAddr) -> Option<PeerId> {
+        self.allowed.lookup(dst)
+    }
+
+    /// The engine's handshake queue is filling up: treat handshakes as
+    /// under load for the next second.
+    pub fn signal_load(&mut self, now: Instant) {
+        self.under_load_until = Some(now + UNDER_LOAD_HOLD);
+    }
+
+    fn under_load(&self, now: Instant) -> bool {
+        self.under_load_until.is_some_and(|t| now < t)
+    }
+
+    /// Splits the borrow: the context for one peer operation, and the peer.
+    fn ctx_and_peer(&mut self, id: PeerId) -> Option<(Ctx<'_>, &mut Peer)> {
+        let peer = self.peers.get_mut(id as usize)?.as_mut()?;
+        Some((
+            Ctx {
+                identity: self.identity.as_ref(),
+                indexes: &mut self.indexes,
+                worker: self.worker,
+                clock: &self.clock,
+            },
+            peer,
+        ))
+    }
+
+    /// Seals a batch of packets for `peer` (see [`Peer::encrypt_batch`]).
+    pub fn encrypt_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        peer: PeerId,
+        pkts: &mut [PacketBuf<B>],
+        mtu: usize,
+        now: Instant,
+    ) -> SendOutcome {
+        match self.ctx_and_peer(peer) {
+            Some((mut ctx, p)) => p.encrypt_batch(&mut ctx, pkts, mtu, now),
+            None => SendOutcome::default(),
+        }
+    }
+
+    /// Starts a handshake with `peer` now (rate limited per REKEY_TIMEOUT).
+    pub fn initiate(&mut self, peer: PeerId, now: Instant) -> Option<ControlMsg> {
+        let (mut ctx, p) = self.ctx_and_peer(peer)?;
+        p.initiate(&mut ctx, now, false)
+    }
+
+    /// A keepalive for `peer` (or an initiation if it has no session).
+    pub fn keepalive(&mut self, peer: PeerId, now: Instant) -> [Option<ControlMsg>; 2] {
+        match self.ctx_and_peer(peer) {
+            Some((mut ctx, p)) => p.keepalive(&mut ctx, now),
+            None => [None, None],
+        }
+    }
+
+    /// Runs `peer`'s timers.
+    pub fn tick_peer(&mut self, peer: PeerId, now: Instant) -> TickOutcome {
+        match self.ctx_and_peer(peer) {
+            Some((mut ctx, p)) => p.tick(&mut ctx, now),
+            None => TickOutcome::default(),
+        }
+    }
+
+    /// Runs the timers of every active peer, calling `out` for each peer
+    /// with something to do. Idle peers cost nothing here.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        mut out: impl FnMut(PeerId, Option<SocketAddr>, TickOutcome),
+    ) {
+        for i in 0..self.peers.len() {
+            let id = i as PeerId;
+            let due = self
+                .peer(id)
+                .and_then(Peer::next_deadline)
+                .is_some_and(|t| t <= now);
+            if due {
+                let res = self.tick_peer(id, now);
+                if res.drop_staged || res.send.iter().any(Option::is_some) {
+                    let endpoint = self.peer(id).and_then(Peer::endpoint);
+                    out(id, endpoint, res);
+                }
+            }
+        }
+        self.limiter.gc(now);
+    }
+
+    /// Handles one datagram from `src`. For transport data the packet is
+    /// decrypted in place and shrunk to the inner IP packet.
+    pub fn receive<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        src: SocketAddr,
+        pkt: &mut PacketBuf<B>,
+        now: Instant,
+    ) -> Received {
+        match self.receive_inner(src, pkt, now) {
+            Ok(r) => r,
+            Err(d) => Received::Dropped(d),
+        }
+    }
+
+    fn receive_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        src: SocketAddr,
+        pkt: &mut PacketBuf<B>,
+        now: Instant,
+    ) -> Result<Received, Drop> {
+        if let Some(index) = messages::transport_receiver(pkt.data()) {
+            return self.receive_transport(index, src, pkt, now);
+        }
+        match messages::parse(pkt.data())? {
+            Message::Initiation(msg) => {
+                if let Some(reply) = self.screen(msg, src, now)? {
+                    return Ok(reply);
+                }
+                let identity = self.identity.as_ref().ok_or(Drop::NoIdentity)?;
+                let opened =
+                    handshake::open_initiation(identity, msg).map_err(|e| Drop::Peer(e.into()))?;
+                let id = self.peer_by_key(opened.remote()).ok_or(Drop::UnknownPeer)?;
+                let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownPeer)?;
+                let reply = peer.consume_initiation(&mut ctx, opened, msg, src, now)?;
+                Ok(Received::Reply {
+                    peer: Some(id),
+                    reply,
+                })
+            }
+            Message::Response(msg) => {
+                if let Some(reply) = self.screen(msg, src, now)? {
+                    return Ok(reply);
+                }
+                let id = *self
+                    .indexes
+                    .get(msg.receiver.get())
+                    .ok_or(Drop::UnknownIndex)?;
+                let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownIndex)?;
+                let keepalive = peer.consume_response(&mut ctx, msg, src, now)?;
+                Ok(Received::HandshakeComplete {
+                    peer: id,
+                    keepalive,
+                })
+            }
+            Message::CookieReply(msg) => {
+                let id = *self
+                    .indexes
+                    .get(msg.receiver.get())
+                    .ok_or(Drop::UnknownIndex)?;
+                let peer = self.peer_mut(id).ok_or(Drop::UnknownIndex)?;
+                peer.consume_cookie(msg, now)?;
+                Ok(Received::CookieAccepted { peer: id })
+            }
+            // transport_receiver already took every well-formed transport message.
+            Message::Transport(..) => Err(Drop::Malformed(messages::ParseError::BadLength)),
+        }
+    }
+
+    /// mac1 always; under load, mac2 or a cookie reply, then the rate limit.
+    fn screen<M: MacProtected>(
+        &mut self,
+        msg: &M,
+        src: SocketAddr,
+        now: Instant,
+    ) -> Result<Option<Received>, Drop> {
+        let under_load = self.under_load(now);
+        let checker = self.checker.as_mut().ok_or(Drop::NoIdentity)?;
+        match checker.verify(msg, src, now) {
+            MacVerdict::BadMac1 => Err(Drop::BadMac),
+            MacVerdict::Mac1Only if under_load => {
+                let mut reply = CookieReply::new_zeroed();
+                checker.reply(msg, src, now, &mut reply);
+                Ok(Some(Received::Reply {
+                    peer: None,
+                    reply: ControlMsg::new(reply.as_bytes()),
+                }))
+            }
+            MacVerdict::Mac1AndMac2 if under_load && !self.limiter.allow(src.ip(), now) => {
+                Err(Drop::RateLimited)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn receive_transport<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        index: u32,
+        src: SocketAddr,
+        pkt: &mut PacketBuf<B>,
+        now: Instant,
+    ) -> Result<Received, Drop> {
+        let id = *self.indexes.get(index).ok_or(Drop::UnknownIndex)?;
+        let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownIndex)?;
+        let d = peer.decrypt(&mut ctx, index, pkt, src, now)?;
+        if d.len == 0 {
+            return Ok(Received::Keepalive {
+                peer: id,
+                confirmed: d.confirmed,
+                handshake: d.handshake,
+            });
+        }
+        let (source, total) = inner_source(pkt.data()).ok_or(Drop::NotIp)?;
+        if self.allowed.lookup(source) != Some(id) {
+            return Err(Drop::SourceNotAllowed);
+        }
+        // Drop the padding: the IP header says how long the packet is.
+        pkt.truncate(total);
+        Ok(Received::Data {
+            peer: id,
+            confirmed: d.confirmed,
+            handshake: d.handshake,
+        })
+    }
+}
+
+/// The source address and total length of an IPv4 or IPv6 packet, if the
+/// header is complete and the stated length fits in `packet`.
+pub fn inner_source(packet: &[u8]) -> Option<(IpAddr, usize)> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            let src: [u8; 4] = packet[12..16].try_into().ok()?;
+            (total >= 20 && total <= packet.len()).then(|| (IpAddr::V4(Ipv4Addr::from(src)), total))
+        }
+        6 if packet.len() >= 40 => {
+            let total = 40 + usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+            let src: [u8; 16] = packet[8..24].try_into().ok()?;
+            (total <= packet.len()).then(|| (IpAddr::V6(Ipv6Addr::from(src)), total))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::messages::{HEADROOM, TAILROOM, TYPE_INITIATION};
+    use crate::proto::timers::{REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT};
+
+    fn buf(len: usize) -> PacketBuf<Vec<u8>> {
+        let mut v = vec![0u8; HEADROOM + len + TAILROOM];
+        v[HEADROOM] = 0x45;
+        PacketBuf::new(v, HEADROOM, len).unwrap()
+    }
+
+    /// Two interfaces with a completed handshake, a initiating.
+    fn pair(now: Instant) -> (Interface, PeerId, Interface, PeerId) {
+        let wall = SystemTime::now();
+        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+        let (pa, pb) = (ka.public_key(), kb.public_key());
+        let mut a = Interface::new(now, wall);
+        let mut b = Interface::new(now, wall);
+        a.set_private_key(Some(ka));
+        b.set_private_key(Some(kb));
+        let ia = a.add_peer(pb).unwrap();
+        let ib = b.add_peer(pa).unwrap();
+        let (sa, sb): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:2".parse().unwrap(),
+        );
+        let init = a.initiate(ia, now).unwrap();
+        let mut p = PacketBuf::new(init.as_bytes().to_vec(), 0, 148).unwrap();
+        let Received::Reply { reply, .. } = b.receive(sa, &mut p, now) else {
+            panic!("no response")
+        };
+        let mut p = PacketBuf::new(reply.as_bytes().to_vec(), 0, 92).unwrap();
+        let Received::HandshakeComplete { keepalive, .. } = a.receive(sb, &mut p, now) else {
+            panic!("no completion")
+        };
+        let mut p = PacketBuf::new(keepalive.as_bytes().to_vec(), 0, 32).unwrap();
+        assert!(matches!(
+            b.receive(sa, &mut p, now),
+            Received::Keepalive {
+                confirmed: true,
+                ..
+            }
+        ));
+        (a, ia, b, ib)
+    }
+
+    #[test]
+    fn rekey_after_messages_on_send() {
+        let now = Instant::now();
+        let (mut a, ia, _, _) = pair(now);
+        let later = now + REKEY_TIMEOUT;
+        a.peers[ia as usize]
+            .as_mut()
+            .unwrap()
+            .set_current_send_counter(REKEY_AFTER_MESSAGES - 1);
+        let mut p = [buf(20)];
+        let out = a.encrypt_batch(ia, &mut p, 1420, later);
+        assert_eq!(out.sealed, 1);
+        assert!(out.handshake.is_none(), "next nonce is 2^60: not yet");
+        let mut p = [buf(20)];
+        let out = a.encrypt_batch(ia, &mut p, 1420, later);
+        assert_eq!(out.sealed, 1, "still sends on the old session");
+        assert_eq!(out.handshake.unwrap().msg_type(), TYPE_INITIATION);
+    }
+
+    #[test]
+    fn reject_after_messages_stops_sending() {
+        let now = Instant::now();
+        let (mut a, ia, _, _) = pair(now);
+        let later = now + REKEY_TIMEOUT;
+        a.peers[ia as usize]
+            .as_mut()
+            .unwrap()
+            .set_current_send_counter(REJECT_AFTER_MESSAGES - 1);
+        let mut p = [buf(20), buf(20)];
+        let out = a.encrypt_batch(ia, &mut p, 1420, later);
+        assert_eq!(out.sealed, 1, "the last nonce is used, the next is not");
+        assert!(!a.peer(ia).unwrap().can_send(later));
+        let mut p = [buf(20)];
+        let out = a.encrypt_batch(ia, &mut p, 1420, later + REKEY_TIMEOUT);
+        assert_eq!(out.sealed, 0);
+        assert_eq!(out.handshake.unwrap().msg_type(), TYPE_INITIATION);
+    }
+
+    #[test]
+    fn inner_source_parsing() {
+        let mut v4 = [0u8; 28];
+        v4[0] = 0x45;
+        v4[3] = 28;
+        v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(
+            inner_source(&v4),
+            Some((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 28))
+        );
+        v4[3] = 29; // claims more than is there
+        assert_eq!(inner_source(&v4), None);
+        v4[3] = 19; // shorter than its header
+        assert_eq!(inner_source(&v4), None);
+        let mut v6 = [0u8; 48];
+        v6[0] = 0x60;
+        v6[5] = 8;
+        v6[8] = 0x20;
+        assert_eq!(inner_source(&v6).map(|(_, l)| l), Some(48));
+        v6[5] = 9;
+        assert_eq!(inner_source(&v6), None);
+        assert_eq!(inner_source(&[]), None);
+        assert_eq!(inner_source(&[0x50; 60]), None);
+    }
+
+    #[test]
+    fn private_key_change_erases_sessions_and_drops_own_key_peer() {
+        let now = Instant::now();
+        let (mut a, ia, b, _) = pair(now);
+        assert!(a.peer(ia).unwrap().can_send(now));
+        let bkey = b.private_key().unwrap().clone();
+        a.set_private_key(Some(PrivateKey::generate()));
+        assert!(!a.peer(ia).unwrap().is_active());
+        // Taking the peer's own key removes that peer, as the kernel does.
+        a.set_private_key(Some(bkey));
+        assert!(a.peer(ia).is_none());
+        assert_eq!(a.peer_count(), 0);
+    }
+
+    #[test]
+    fn peer_removal_frees_indexes_and_allowed_ips() {
+        let now = Instant::now();
+        let (mut a, ia, _, _) = pair(now);
+        a.allow(ia, "10.0.0.0".parse().unwrap(), 8).unwrap();
+        assert!(!a.indexes.is_empty());
+        a.remove_peer(ia).unwrap();
+        assert!(a.indexes.is_empty());
+        assert_eq!(a.route("10.1.2.3".parse().unwrap()), None);
+        assert_eq!(a.remove_peer(ia), Err(ConfigError::NoSuchPeer));
+    }
+}
