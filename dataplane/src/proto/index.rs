@@ -20,7 +20,7 @@ use std::fmt;
 use rand_chacha::ChaCha12Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::allowedips::FoldState;
+use super::fasthash::FoldState;
 
 /// Largest supported `worker_bits`: 256 workers, leaving 24 random bits.
 pub const MAX_WORKER_BITS: u8 = 8;

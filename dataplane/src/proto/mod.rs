@@ -7,6 +7,7 @@
 pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
+pub mod fasthash;
 pub mod handshake;
 pub mod index;
 pub mod interface;

@@ -131,7 +131,7 @@ pub enum OpenError {
 }
 
 /// A transport message accepted by [`Session::open`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Opened {
     /// Its nonce counter.
     pub counter: u64,

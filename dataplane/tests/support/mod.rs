@@ -6,7 +6,7 @@
 //! protocol core asks for is done the way the real engine must do it, so
 //! these tests exercise the core's contract, not a shortcut around it.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
