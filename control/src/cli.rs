@@ -1,0 +1,117 @@
+//! Command-line interface of the `corewire` binary.
+//!
+//! Two forms share one parser:
+//! - key tools, byte-compatible with `wg genkey`, `wg pubkey` and `wg genpsk`;
+//! - the daemon, `corewire [-f|--foreground] [--threads N] [--no-ebpf] IFNAME`,
+//!   in the manner of `wireguard-go`. Its arguments are parsed already so that
+//!   the interface is stable, but the daemon itself is not built yet.
+
+use std::num::NonZeroUsize;
+
+use clap::{Args, Parser, Subcommand};
+
+/// corewire: userspace WireGuard for Linux gateways.
+#[derive(Debug, Parser)]
+#[command(
+    name = "corewire",
+    version,
+    about = "corewire: userspace WireGuard for Linux gateways",
+    long_about = "corewire: userspace WireGuard for Linux gateways.\n\n\
+                  `corewire IFNAME` will run the daemon for interface IFNAME \
+                  (not built yet). The key commands below work now and are \
+                  byte-compatible with `wg genkey`, `wg pubkey` and `wg genpsk`.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// A key command; without one, corewire runs as the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Daemon arguments (used when no subcommand is given).
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// The key commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a new random private key in base64 (like `wg genkey`).
+    Genkey,
+    /// Read a base64 private key on stdin and print its public key (like `wg pubkey`).
+    Pubkey,
+    /// Print a new random preshared key in base64 (like `wg genpsk`).
+    Genpsk,
+}
+
+impl Command {
+    /// The name used on the command line, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Genkey => "genkey",
+            Command::Pubkey => "pubkey",
+            Command::Genpsk => "genpsk",
+        }
+    }
+}
+
+/// Arguments of the daemon form (the daemon is not built yet).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Stay in the foreground instead of detaching (daemon; not built yet).
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Number of worker threads, default one per core (daemon; not built yet).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<NonZeroUsize>,
+
+    /// Do not load the eBPF steering programs (daemon; not built yet).
+    #[arg(long)]
+    pub no_ebpf: bool,
+
+    /// Interface to create and serve (daemon; not built yet).
+    #[arg(value_name = "IFNAME", required = true)]
+    pub ifname: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_and_daemon_form_parse() {
+        let cli = Cli::try_parse_from(["corewire", "genkey"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Genkey)));
+
+        let cli =
+            Cli::try_parse_from(["corewire", "-f", "--threads", "4", "--no-ebpf", "wg0"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.daemon.foreground);
+        assert_eq!(cli.daemon.threads.map(NonZeroUsize::get), Some(4));
+        assert!(cli.daemon.no_ebpf);
+        assert_eq!(cli.daemon.ifname.as_deref(), Some("wg0"));
+    }
+
+    #[test]
+    fn daemon_flags_need_an_interface() {
+        assert!(Cli::try_parse_from(["corewire", "-f"]).is_err());
+        assert!(Cli::try_parse_from(["corewire", "--threads", "0", "wg0"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_take_no_daemon_flags() {
+        // After a daemon flag, a word is the interface name, not a subcommand.
+        let cli = Cli::try_parse_from(["corewire", "-f", "genkey"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(Cli::try_parse_from(["corewire", "genkey", "-f"]).is_err());
+        assert!(Cli::try_parse_from(["corewire", "pubkey", "extra"]).is_err());
+    }
+}
