@@ -5,3 +5,4 @@
 //! runs in unit tests and fuzzers in simulated time.
 
 pub mod proto;
+pub mod engine;
