@@ -4,5 +4,5 @@
 //! actions come out. It owns no socket, thread or clock, so every rule in it
 //! runs in unit tests and fuzzers in simulated time.
 
-pub mod proto;
 pub mod engine;
+pub mod proto;

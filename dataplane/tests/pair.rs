@@ -199,7 +199,7 @@ fn unknown_peers_and_garbage_are_dropped() {
         .iface
         .receive("203.0.113.1:5".parse().unwrap(), &mut pkt, net.now);
     assert!(
-        matches!(res, Received::Dropped(Drop::UnknownPeer)),
+        matches!(res, Received::Foreign { key } if key == *stranger.public_key().unwrap()),
         "{res:?}"
     );
 

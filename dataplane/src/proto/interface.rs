@@ -100,6 +100,13 @@ pub enum Received {
         /// A keepalive under the new session.
         keepalive: ControlMsg,
     },
+    /// An authenticated initiation from a peer this interface does not
+    /// hold: with sharded workers, the engine hands the datagram to the
+    /// worker that owns `key` (or drops it if no worker does).
+    Foreign {
+        /// The initiator's static public key.
+        key: PublicKey,
+    },
     /// A cookie reply was taken in; the next initiation will carry mac2.
     CookieAccepted {
         /// The peer that sent it.
@@ -143,18 +150,25 @@ impl Interface {
     /// An interface without a key or peers. `now` and `wall` are read
     /// together once by the caller to map monotonic to wall-clock time.
     pub fn new(now: Instant, wall: SystemTime) -> Self {
+        Self::new_shard(now, wall, 0, 0)
+    }
+
+    /// One worker's shard of an interface: session indexes it allocates
+    /// carry `worker` in their low `worker_bits` bits, so any worker can
+    /// tell which one owns a session from the index alone.
+    pub fn new_shard(now: Instant, wall: SystemTime, worker: u32, worker_bits: u8) -> Self {
         Self {
             identity: None,
             checker: None,
             peers: Vec::new(),
             free: Vec::new(),
             by_key: HashMap::new(),
-            indexes: IndexTable::new(0),
+            indexes: IndexTable::new(worker_bits),
             allowed: AllowedIps::new(),
             limiter: RateLimiter::new(),
             under_load_until: None,
             clock: Clock::new(now, wall),
-            worker: 0,
+            worker,
         }
     }
 
@@ -398,7 +412,11 @@ impl Interface {
                 let identity = self.identity.as_ref().ok_or(Drop::NoIdentity)?;
                 let opened =
                     handshake::open_initiation(identity, msg).map_err(|e| Drop::Peer(e.into()))?;
-                let id = self.peer_by_key(opened.remote()).ok_or(Drop::UnknownPeer)?;
+                let Some(id) = self.peer_by_key(opened.remote()) else {
+                    return Ok(Received::Foreign {
+                        key: *opened.remote(),
+                    });
+                };
                 let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownPeer)?;
                 let reply = peer.consume_initiation(&mut ctx, opened, msg, src, now)?;
                 Ok(Received::Reply {

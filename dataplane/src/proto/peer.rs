@@ -445,6 +445,9 @@ impl Peer {
         let interval = self.persistent_keepalive;
         let a = self.active.get_or_insert_with(Box::default);
         a.cookies.stamp(self.keys.remote(), &mut resp, now);
+        // A response counts as a handshake sent (as in the kernel and
+        // wireguard-go): no initiation of ours crosses the one we answered.
+        a.last_initiation_sent = Some(now);
         retire(ctx.indexes, a.next.replace(Session::new(keys, now)));
         retire(ctx.indexes, a.previous.take());
         a.timers.session_derived(now);

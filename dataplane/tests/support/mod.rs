@@ -230,6 +230,7 @@ impl Net {
                 }
             }
             Received::CookieAccepted { .. } => {}
+            Received::Foreign { .. } => self.nodes[to].drops.push("unknown peer".into()),
             Received::Dropped(d) => self.nodes[to].drops.push(d.to_string()),
         }
     }
