@@ -3,3 +3,11 @@
 //! peers. [`config`] is the contract with the control plane.
 
 pub mod config;
+pub mod device;
+pub mod netlink;
+mod ops;
+pub mod pool;
+mod sys;
+pub mod tun;
+pub mod udp;
+pub mod worker;

@@ -1,0 +1,243 @@
+//! The running device: worker threads plus the TUN device and UDP sockets
+//! they share, seen by the control plane through the [`Device`] trait.
+//!
+//! The control plane calls in from its own thread. Configuration changes
+//! and stats requests travel to every worker as messages and are handled
+//! between batches, so a `wg show` never stalls the packet path; the
+//! control thread waits for the answers, not the workers.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, unbounded};
+
+use super::config::{ApplyError, Change, Device, DeviceStats};
+use super::tun::Tun;
+use super::udp::UdpGroup;
+use super::worker::{Counters, Mailbox, Msg, Setup, UdpFds, Worker};
+
+/// How long the control plane waits for every worker to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Worker threads (one per core by default).
+    pub threads: usize,
+    /// Pin each worker to its own core.
+    pub pin: bool,
+}
+
+/// The running data plane.
+#[derive(Debug)]
+pub struct Engine {
+    mailboxes: Vec<Mailbox>,
+    wakes: Vec<OwnedFd>,
+    threads: Vec<JoinHandle<std::io::Result<Counters>>>,
+    udp: UdpGroup,
+    gen: u32,
+    listen_port: u16,
+    fwmark: u32,
+    mtu: Arc<AtomicU32>,
+    tun: Tun,
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned fd is checked and then owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Engine {
+    /// Starts one worker per TUN queue, with UDP sockets on a free port.
+    pub fn start(tun: Tun, opts: &EngineOptions) -> std::io::Result<Self> {
+        let n = tun.queue_fds().len().min(opts.threads.max(1));
+        let udp = UdpGroup::bind(0, n, 0).map_err(std::io::Error::other)?;
+        let mtu = Arc::new(AtomicU32::new(tun.mtu().unwrap_or(1420)));
+        let wakes = (0..n)
+            .map(|_| eventfd())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut inboxes = Vec::with_capacity(n);
+        let mut mailboxes = Vec::with_capacity(n);
+        for w in &wakes {
+            let (tx, rx) = unbounded();
+            inboxes.push(rx);
+            mailboxes.push(Mailbox {
+                tx,
+                wake: w.as_raw_fd(),
+            });
+        }
+        let cores = if opts.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let clock = (Instant::now(), SystemTime::now());
+        let mut threads = Vec::with_capacity(n);
+        for (i, inbox) in inboxes.into_iter().enumerate() {
+            let setup = Setup {
+                id: i as u32,
+                workers: n as u32,
+                tun: tun.queue_fds()[i].as_raw_fd(),
+                udp: fds(&udp, i, 0),
+                wake: wakes[i].as_raw_fd(),
+                inbox,
+                mailboxes: mailboxes.clone(),
+                mtu: mtu.clone(),
+                clock,
+            };
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let t = std::thread::Builder::new()
+                .name(format!("corewire-w{i}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    Worker::new(setup)?.run()
+                })?;
+            threads.push(t);
+        }
+        let listen_port = udp.port();
+        Ok(Self {
+            mailboxes,
+            wakes,
+            threads,
+            udp,
+            gen: 0,
+            listen_port,
+            fwmark: 0,
+            mtu,
+            tun,
+        })
+    }
+
+    /// The TUN device.
+    pub fn tun(&self) -> &Tun {
+        &self.tun
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Tells the workers the TUN MTU changed (they pad to it).
+    pub fn set_mtu(&self, mtu: u32) {
+        self.mtu.store(mtu, Ordering::Relaxed);
+    }
+
+    /// Whether every worker is still running (a worker stops only when
+    /// told to or when its ring fails).
+    pub fn healthy(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    fn broadcast(&self, msg: impl Fn() -> Msg) {
+        for mb in &self.mailboxes {
+            if mb.tx.send(msg()).is_ok() {
+                mb.wake();
+            }
+        }
+    }
+
+    fn rebind(&mut self, port: u16) -> Result<(), ApplyError> {
+        if port != 0 && port == self.listen_port {
+            return Ok(());
+        }
+        let n = self.workers();
+        let new = UdpGroup::bind(port, n, self.fwmark)?;
+        self.gen += 1;
+        for (i, mb) in self.mailboxes.iter().enumerate() {
+            if mb.tx.send(Msg::Sockets(fds(&new, i, self.gen))).is_ok() {
+                mb.wake();
+            }
+        }
+        let old = std::mem::replace(&mut self.udp, new);
+        // Receives still pending on the old sockets complete now; the
+        // workers see an old generation and do not re-arm them.
+        for fd in old.v4_fds().iter().chain(old.v6_fds()) {
+            // SAFETY: shutting down a socket we own and still hold open.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        self.listen_port = self.udp.port();
+        Ok(())
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn shutdown(&mut self) {
+        self.broadcast(|| Msg::Stop);
+        for t in self.threads.drain(..) {
+            match t.join() {
+                Ok(Ok(c)) => tracing::debug!(?c, "worker stopped"),
+                Ok(Err(e)) => tracing::warn!("worker failed: {e}"),
+                Err(_) => tracing::error!("worker panicked"),
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+        // The eventfds outlive the workers that write to each other's.
+        self.wakes.clear();
+    }
+}
+
+fn fds(udp: &UdpGroup, worker: usize, gen: u32) -> UdpFds {
+    UdpFds {
+        v4: udp.v4_fds()[worker].as_raw_fd(),
+        v6: udp.v6_fds().get(worker).map(|f| f.as_raw_fd()),
+        gen,
+    }
+}
+
+impl Device for Engine {
+    fn apply(&mut self, changes: Vec<Change>) -> Result<(), ApplyError> {
+        // Socket changes can fail; they go first so a failure applies nothing.
+        for c in &changes {
+            match c {
+                Change::ListenPort(p) => self.rebind(*p)?,
+                Change::Fwmark(m) => {
+                    self.udp
+                        .set_fwmark(*m)
+                        .map_err(|e| ApplyError::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                    self.fwmark = *m;
+                }
+                _ => {}
+            }
+        }
+        let changes = Arc::new(changes);
+        let (ack_tx, ack_rx) = bounded(self.workers());
+        self.broadcast(|| Msg::Apply(changes.clone(), ack_tx.clone()));
+        for _ in 0..self.workers() {
+            if ack_rx.recv_timeout(ANSWER_TIMEOUT).is_err() {
+                return Err(ApplyError::Io(libc::EIO));
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&mut self) -> DeviceStats {
+        let (tx, rx) = bounded(self.workers());
+        self.broadcast(|| Msg::Stats(tx.clone()));
+        let mut peers = Vec::new();
+        for _ in 0..self.workers() {
+            match rx.recv_timeout(ANSWER_TIMEOUT) {
+                Ok(p) => peers.extend(p),
+                Err(_) => break,
+            }
+        }
+        DeviceStats {
+            listen_port: self.listen_port,
+            peers,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! io_uring operations in flight, and the memory they point into.
+//!
+//! The kernel reads and writes a buffer, a `msghdr`, an `iovec` and a
+//! socket address of every operation until its completion arrives, so all
+//! of them live in a fixed table of slots that never moves or shrinks. The
+//! slot number is the operation's `user_data`. Each slot's metadata is
+//! allocated once when the worker starts; a buffer is owned by the slot
+//! from submission to completion and then handed back with the result.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::pool::{Buf, BUF_SIZE};
+use super::udp::SockAddrBuf;
+use crate::proto::messages::TAILROOM;
+
+/// What a slot's operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Not in use.
+    Free,
+    /// Reading a packet from a TUN queue into the buffer at `offset`.
+    TunRead {
+        /// Where in the buffer the packet starts.
+        offset: usize,
+    },
+    /// Receiving a datagram on a UDP socket of socket generation `gen`.
+    UdpRecv {
+        /// The socket's file descriptor.
+        fd: RawFd,
+        /// Which socket set it belongs to (a listen-port change bumps it).
+        gen: u32,
+    },
+    /// Writing a packet to the TUN queue.
+    TunWrite,
+    /// Sending a datagram.
+    UdpSend,
+    /// Reading the worker's eventfd (cross-worker wake-up).
+    Wake,
+    /// The timer tick.
+    Timer,
+}
+
+/// Kernel-visible memory of one slot.
+#[repr(C)]
+struct Meta {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: SockAddrBuf,
+    ts: types::Timespec,
+    counter: u64,
+}
+
+struct Slot {
+    kind: OpKind,
+    buf: Option<Buf>,
+    meta: Box<Meta>,
+}
+
+/// A finished operation.
+#[derive(Debug)]
+pub struct Done {
+    /// What it was.
+    pub kind: OpKind,
+    /// The kernel's result (bytes, or a negative errno).
+    pub result: i32,
+    /// Its buffer, if it had one.
+    pub buf: Option<Buf>,
+    /// The peer address of a received datagram.
+    pub from: Option<SocketAddr>,
+}
+
+/// The slot table plus the ring's submission side.
+pub struct Ops {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("slots", &self.slots.len())
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+/// Why an operation could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// Every slot is in flight; the caller drops the packet (back-pressure).
+    #[error("no free operation slot")]
+    Full,
+}
+
+fn new_meta() -> Box<Meta> {
+    // SAFETY: msghdr and iovec are plain old data for which all-zero bytes
+    // are a valid value (null pointers, zero lengths).
+    let (hdr, iov) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    Box::new(Meta {
+        hdr,
+        iov,
+        addr: SockAddrBuf::new(),
+        ts: types::Timespec::new(),
+        counter: 0,
+    })
+}
+
+impl Ops {
+    /// A table of `n` slots.
+    pub fn new(n: usize) -> Self {
+        Self {
+            slots: (0..n)
+                .map(|_| Slot {
+                    kind: OpKind::Free,
+                    buf: None,
+                    meta: new_meta(),
+                })
+                .collect(),
+            free: (0..n as u32).rev().collect(),
+        }
+    }
+
+    fn take(&mut self) -> Result<u32, OpError> {
+        self.free.pop().ok_or(OpError::Full)
+    }
+
+    /// Completes slot `user_data` with `result`, freeing it.
+    pub fn complete(&mut self, user_data: u64, result: i32) -> Option<Done> {
+        let slot = self.slots.get_mut(usize::try_from(user_data).ok()?)?;
+        if slot.kind == OpKind::Free {
+            return None;
+        }
+        let kind = std::mem::replace(&mut slot.kind, OpKind::Free);
+        let from = match kind {
+            OpKind::UdpRecv { .. } if result >= 0 => {
+                let len = slot.meta.hdr.msg_namelen;
+                slot.meta.addr.set_addr_len(len);
+                slot.meta.addr.to_socket_addr()
+            }
+            _ => None,
+        };
+        let done = Done {
+            kind,
+            result,
+            buf: slot.buf.take(),
+            from,
+        };
+        self.free.push(user_data as u32);
+        Some(done)
+    }
+
+    /// Queues a read of one packet from a TUN queue into `buf` at `offset`
+    /// (the room before it is for the transport header).
+    pub fn tun_read(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        mut buf: Buf,
+        offset: usize,
+    ) -> Result<(), (OpError, Buf)> {
+        let id = match self.take() {
+            Ok(id) => id,
+            Err(e) => return Err((e, buf)),
+        };
+        let len = (BUF_SIZE - offset - TAILROOM) as u32;
+        // The buffer stays in the slot until completion; its heap memory
+        // does not move when the Box does.
+        let ptr = buf[offset..].as_mut_ptr();
+        let slot = &mut self.slots[id as usize];
+        slot.kind = OpKind::TunRead { offset };
+        slot.buf = Some(buf);
+        let entry = opcode::Read::new(types::Fd(fd), ptr, len)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
+    /// Queues the receive of one datagram on `fd` into `buf`.
+    pub fn udp_recv(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        gen: u32,
+        mut buf: Buf,
+    ) -> Result<(), (OpError, Buf)> {
+        let id = match self.take() {
+            Ok(id) => id,
+            Err(e) => return Err((e, buf)),
+        };
+        let slot = &mut self.slots[id as usize];
+        let m = &mut *slot.meta;
+        m.iov.iov_base = buf.as_mut_ptr().cast();
+        m.iov.iov_len = BUF_SIZE;
+        m.addr = SockAddrBuf::new();
+        m.hdr = msghdr_for(&mut m.iov, &mut m.addr, SockAddrBuf::CAPACITY);
+        let hdr: *mut libc::msghdr = &mut m.hdr;
+        slot.kind = OpKind::UdpRecv { fd, gen };
+        slot.buf = Some(buf);
+        let entry = opcode::RecvMsg::new(types::Fd(fd), hdr)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
+    /// Queues a write of `buf[start..start + len]` to a TUN queue.
+    pub fn tun_write(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        buf: Buf,
+        start: usize,
+        len: usize,
+    ) -> Result<(), (OpError, Buf)> {
+        let id = match self.take() {
+            Ok(id) => id,
+            Err(e) => return Err((e, buf)),
+        };
+        let ptr = buf[start..start + len].as_ptr();
+        let slot = &mut self.slots[id as usize];
+        slot.kind = OpKind::TunWrite;
+        slot.buf = Some(buf);
+        let entry = opcode::Write::new(types::Fd(fd), ptr, len as u32)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
+    /// Queues the send of `buf[start..start + len]` to `dst` on `fd`.
+    pub fn udp_send(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        buf: Buf,
+        start: usize,
+        len: usize,
+        dst: SocketAddr,
+    ) -> Result<(), (OpError, Buf)> {
+        let id = match self.take() {
+            Ok(id) => id,
+            Err(e) => return Err((e, buf)),
+        };
+        let slot = &mut self.slots[id as usize];
+        let m = &mut *slot.meta;
+        m.addr = SockAddrBuf::from_socket_addr(dst);
+        let namelen = m.addr.addr_len();
+        m.iov.iov_base = buf[start..].as_ptr() as *mut libc::c_void;
+        m.iov.iov_len = len;
+        m.hdr = msghdr_for(&mut m.iov, &mut m.addr, namelen);
+        let hdr: *const libc::msghdr = &m.hdr;
+        slot.kind = OpKind::UdpSend;
+        slot.buf = Some(buf);
+        let entry = opcode::SendMsg::new(types::Fd(fd), hdr)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
+    /// Queues a read of the worker's eventfd.
+    pub fn wake_read(&mut self, ring: &mut IoUring, fd: RawFd) -> Result<(), OpError> {
+        let id = self.take()?;
+        let slot = &mut self.slots[id as usize];
+        slot.kind = OpKind::Wake;
+        let ptr: *mut u64 = &mut slot.meta.counter;
+        let entry = opcode::Read::new(types::Fd(fd), ptr.cast(), 8)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
+    /// Queues a timeout that completes after `after`.
+    pub fn timer(&mut self, ring: &mut IoUring, after: Duration) -> Result<(), OpError> {
+        let id = self.take()?;
+        let slot = &mut self.slots[id as usize];
+        slot.kind = OpKind::Timer;
+        slot.meta.ts = types::Timespec::new()
+            .sec(after.as_secs())
+            .nsec(after.subsec_nanos());
+        let ts: *const types::Timespec = &slot.meta.ts;
+        let entry = opcode::Timeout::new(ts).build().user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+}
+
+/// Pushes an entry, submitting first if the submission queue is full.
+fn push(ring: &mut IoUring, entry: &squeue::Entry) {
+    loop {
+        // SAFETY: every pointer in the entry refers to slot memory (or a
+        // slot-owned buffer) that stays valid and unmoved until the
+        // operation's completion frees the slot.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return;
+        }
+        // Full: hand what is queued to the kernel and try again. A submit
+        // error here (EBUSY with a full completion queue) resolves when the
+        // caller drains completions; retrying after submit is bounded by it.
+        if ring.submit().is_err() {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn msghdr_for(
+    iov: &mut libc::iovec,
+    addr: &mut SockAddrBuf,
+    namelen: libc::socklen_t,
+) -> libc::msghdr {
+    // SAFETY: msghdr is plain old data; zero is a valid value for every field.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = addr.as_mut_ptr().cast();
+    hdr.msg_namelen = namelen;
+    hdr.msg_iov = iov;
+    hdr.msg_iovlen = 1;
+    hdr
+}

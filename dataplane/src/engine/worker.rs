@@ -1,0 +1,785 @@
+//! One worker thread: an io_uring, a TUN queue, a pair of UDP sockets and
+//! a shard of the peers.
+//!
+//! The loop waits on its ring; each wake-up drains every completion, turns
+//! TUN packets into per-peer batches that are sealed in place and queued as
+//! sends, opens datagrams in place and queues them as TUN writes, and
+//! re-arms the reads. Submissions go to the kernel once per loop turn.
+//!
+//! A peer belongs to exactly one worker (chosen from its public key), so
+//! its sessions, counters and timers need no lock. A packet that reaches
+//! the wrong worker is handed to the owner over a channel, with at most one
+//! eventfd wake-up per destination per loop turn: a session index names its
+//! owner in its low bits; an initiation names its peer once its static key
+//! is decrypted; a TUN packet names its peer through the routing table.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use io_uring::IoUring;
+
+use super::config::{Change, PeerConfig, PeerStats};
+use super::ops::{OpKind, Ops};
+use super::pool::{Packet, Pool, BUF_SIZE};
+use crate::proto::allowedips::AllowedIps;
+use crate::proto::interface::{Interface, Received};
+use crate::proto::keys::PublicKey;
+use crate::proto::messages::{ControlMsg, HEADROOM};
+use crate::proto::peer::PeerId;
+use crate::proto::session::PacketBuf;
+
+/// TUN reads kept in flight.
+const TUN_READS: usize = 64;
+/// Receives kept in flight per UDP socket.
+const UDP_RECVS: usize = 64;
+/// Operation slots per worker: reads in flight plus room for a burst of
+/// sends and writes. When all are busy, new packets are dropped
+/// (back-pressure) instead of queueing without bound.
+const SLOTS: usize = 1024;
+/// Most packets sealed in one batch.
+const MAX_BATCH: usize = 64;
+/// Packets held per peer while its handshake runs (as wireguard-go).
+const MAX_STAGED: usize = 128;
+/// Timer resolution: WireGuard's shortest timer is REKEY_TIMEOUT (5 s), so
+/// a tenth of a second keeps every rule within its tolerance.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The UDP sockets a worker receives and sends on.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpFds {
+    /// IPv4 socket.
+    pub v4: RawFd,
+    /// IPv6 socket, if the host has IPv6.
+    pub v6: Option<RawFd>,
+    /// Generation: bumped when the listen port changes.
+    pub gen: u32,
+}
+
+/// Messages to a worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// A packet from another worker's TUN queue, for a peer this one owns.
+    Tun(Packet),
+    /// A datagram another worker received, for a session or peer this one owns.
+    Udp(SocketAddr, Packet),
+    /// Configuration changes; reply when applied.
+    Apply(Arc<Vec<Change>>, Sender<()>),
+    /// Report this shard's peers.
+    Stats(Sender<Vec<PeerStats>>),
+    /// New sockets (listen port changed).
+    Sockets(UdpFds),
+    /// Leave the loop.
+    Stop,
+}
+
+/// A way to reach one worker: its channel and its eventfd.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    /// The channel.
+    pub tx: Sender<Msg>,
+    /// The eventfd that wakes its ring.
+    pub wake: RawFd,
+}
+
+impl Mailbox {
+    /// Wakes the worker (one 8-byte write to its eventfd).
+    pub fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writing 8 bytes from a valid u64 to an eventfd we keep open
+        // for the engine's lifetime.
+        let _ = unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Everything a worker starts with.
+#[derive(Debug)]
+pub struct Setup {
+    /// This worker's number.
+    pub id: u32,
+    /// How many workers there are.
+    pub workers: u32,
+    /// This worker's TUN queue.
+    pub tun: RawFd,
+    /// This worker's UDP sockets.
+    pub udp: UdpFds,
+    /// This worker's eventfd.
+    pub wake: RawFd,
+    /// This worker's channel.
+    pub inbox: Receiver<Msg>,
+    /// Every worker's mailbox, by number.
+    pub mailboxes: Vec<Mailbox>,
+    /// The TUN MTU, kept current by the control plane.
+    pub mtu: Arc<AtomicU32>,
+    /// Monotonic and wall-clock readings taken together at start.
+    pub clock: (Instant, SystemTime),
+}
+
+/// Drop counters of one worker.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Datagrams refused by the protocol core, by reason.
+    pub dropped: HashMap<&'static str, u64>,
+    /// TUN packets with no peer to send them to.
+    pub no_route: u64,
+    /// Packets dropped because every operation slot was busy.
+    pub backpressure: u64,
+    /// Staged packets dropped (queue full, or handshake given up).
+    pub staged_dropped: u64,
+}
+
+/// Which worker owns the peer with `key`: public keys are uniformly
+/// random, so their first bytes spread peers evenly.
+pub fn owner_of_key(key: &PublicKey, workers: u32) -> u32 {
+    if workers <= 1 {
+        return 0;
+    }
+    let b = key.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % workers
+}
+
+/// Bits of a session index that name its worker.
+pub fn worker_bits(workers: u32) -> u8 {
+    (u32::BITS - workers.saturating_sub(1).leading_zeros()) as u8
+}
+
+/// The receiver index of a response, cookie reply or transport message.
+fn receiver_index(data: &[u8]) -> Option<u32> {
+    let at = match data.first()? {
+        2 => 8,
+        3 | 4 => 4,
+        _ => return None,
+    };
+    let b = data.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The destination address of an IP packet.
+fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        6 => {
+            let b: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// A worker's state; lives on its own thread.
+pub struct Worker {
+    // The ring is declared first so it is dropped first: the kernel stops
+    // touching slot memory before the slots are freed.
+    ring: IoUring,
+    ops: Ops,
+    pool: Pool,
+    id: u32,
+    workers: u32,
+    mask: u32,
+    tun: RawFd,
+    udp: UdpFds,
+    wake: RawFd,
+    inbox: Receiver<Msg>,
+    mailboxes: Vec<Mailbox>,
+    to_wake: Vec<bool>,
+    mtu: Arc<AtomicU32>,
+    iface: Interface,
+    /// Destination prefix -> peer, for every peer of every worker (only
+    /// kept with more than one worker, to find a packet's owner).
+    routes: AllowedIps<PublicKey>,
+    staged: HashMap<PeerId, VecDeque<Packet>>,
+    batch: Vec<Packet>,
+    batch_peer: Option<PeerId>,
+    completions: Vec<(u64, i32)>,
+    tick_out: Vec<(PeerId, Option<SocketAddr>, crate::proto::peer::TickOutcome)>,
+    counters: Counters,
+    now: Instant,
+    stopping: bool,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Builds the worker (on its own thread: the ring and slots are not Send).
+    pub fn new(s: Setup) -> std::io::Result<Self> {
+        let bits = worker_bits(s.workers);
+        let (now, wall) = s.clock;
+        Ok(Self {
+            ring: IoUring::new(2048)?,
+            ops: Ops::new(SLOTS),
+            pool: Pool::new(TUN_READS + 2 * UDP_RECVS, 4 * SLOTS),
+            id: s.id,
+            workers: s.workers,
+            mask: (1u32 << bits) - 1,
+            tun: s.tun,
+            udp: s.udp,
+            wake: s.wake,
+            inbox: s.inbox,
+            to_wake: vec![false; s.mailboxes.len()],
+            mailboxes: s.mailboxes,
+            mtu: s.mtu,
+            iface: Interface::new_shard(now, wall, s.id, bits),
+            routes: AllowedIps::new(),
+            staged: HashMap::new(),
+            batch: Vec::with_capacity(MAX_BATCH),
+            batch_peer: None,
+            completions: Vec::with_capacity(4096),
+            tick_out: Vec::new(),
+            counters: Counters::default(),
+            now: Instant::now(),
+            stopping: false,
+        })
+    }
+
+    /// Runs until told to stop.
+    pub fn run(mut self) -> std::io::Result<Counters> {
+        for _ in 0..TUN_READS {
+            self.arm_tun_read();
+        }
+        self.arm_udp(self.udp);
+        if self.ops.wake_read(&mut self.ring, self.wake).is_err() {
+            return Err(std::io::Error::other("no slot for the wake-up read"));
+        }
+        if self.ops.timer(&mut self.ring, TICK).is_err() {
+            return Err(std::io::Error::other("no slot for the timer"));
+        }
+        while !self.stopping {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            self.now = Instant::now();
+            self.completions.clear();
+            self.completions
+                .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            let mut i = 0;
+            while i < self.completions.len() {
+                let (ud, res) = self.completions[i];
+                i += 1;
+                self.on_completion(ud, res);
+            }
+            self.drain_inbox();
+            self.flush_batch();
+            self.send_wakes();
+        }
+        Ok(self.counters)
+    }
+
+    fn arm_tun_read(&mut self) {
+        let buf = self.pool.get();
+        if let Err((_, buf)) = self.ops.tun_read(&mut self.ring, self.tun, buf, HEADROOM) {
+            self.pool.put(buf);
+        }
+    }
+
+    fn arm_udp(&mut self, udp: UdpFds) {
+        for fd in std::iter::once(udp.v4).chain(udp.v6) {
+            for _ in 0..UDP_RECVS {
+                self.arm_udp_recv(fd, udp.gen);
+            }
+        }
+    }
+
+    fn arm_udp_recv(&mut self, fd: RawFd, gen: u32) {
+        let buf = self.pool.get();
+        if let Err((_, buf)) = self.ops.udp_recv(&mut self.ring, fd, gen, buf) {
+            self.pool.put(buf);
+        }
+    }
+
+    fn on_completion(&mut self, user_data: u64, result: i32) {
+        let Some(done) = self.ops.complete(user_data, result) else {
+            return;
+        };
+        let result = done.result;
+        match done.kind {
+            OpKind::TunRead { offset } => {
+                if let Some(buf) = done.buf {
+                    match usize::try_from(result) {
+                        Ok(n) if n > 0 => {
+                            if let Some(pkt) = PacketBuf::new(buf, offset, n) {
+                                self.on_tun_packet(pkt);
+                            }
+                        }
+                        _ => self.pool.put(buf),
+                    }
+                }
+                // EBADFD and friends mean the device is gone; the control
+                // plane sees that on netlink and stops us. Keep reading
+                // otherwise.
+                if result != -libc::EBADFD && !self.stopping {
+                    self.arm_tun_read();
+                }
+            }
+            OpKind::UdpRecv { fd, gen } => {
+                let current = gen == self.udp.gen;
+                if let Some(buf) = done.buf {
+                    match (usize::try_from(result), done.from) {
+                        (Ok(n), Some(from)) if current && n > 0 => {
+                            if let Some(pkt) = PacketBuf::new(buf, 0, n) {
+                                self.on_datagram(from, pkt);
+                            }
+                        }
+                        _ => self.pool.put(buf),
+                    }
+                }
+                if current && !self.stopping {
+                    self.arm_udp_recv(fd, gen);
+                }
+            }
+            OpKind::TunWrite | OpKind::UdpSend => {
+                if let Some(buf) = done.buf {
+                    self.pool.put(buf);
+                }
+            }
+            OpKind::Wake => {
+                if !self.stopping {
+                    let _ = self.ops.wake_read(&mut self.ring, self.wake);
+                }
+                self.drain_inbox();
+            }
+            OpKind::Timer => {
+                self.on_tick();
+                if !self.stopping {
+                    let _ = self.ops.timer(&mut self.ring, TICK);
+                }
+            }
+            OpKind::Free => {}
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                Msg::Tun(pkt) => self.on_tun_packet(pkt),
+                Msg::Udp(from, pkt) => self.on_datagram(from, pkt),
+                Msg::Apply(changes, ack) => {
+                    self.flush_batch();
+                    for c in changes.iter() {
+                        self.apply(c);
+                    }
+                    let _ = ack.send(());
+                }
+                Msg::Stats(reply) => {
+                    let _ = reply.send(self.stats());
+                }
+                Msg::Sockets(udp) => {
+                    self.udp = udp;
+                    self.arm_udp(udp);
+                }
+                Msg::Stop => self.stopping = true,
+            }
+        }
+    }
+
+    fn handoff(&mut self, to: u32, msg: Msg) {
+        if let Some(mb) = self.mailboxes.get(to as usize) {
+            if mb.tx.send(msg).is_ok() {
+                self.to_wake[to as usize] = true;
+            }
+        }
+    }
+
+    fn send_wakes(&mut self) {
+        for (i, w) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                self.mailboxes[i].wake();
+            }
+        }
+    }
+
+    fn on_tun_packet(&mut self, pkt: Packet) {
+        let Some(dst) = destination(pkt.data()) else {
+            self.counters.no_route += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        };
+        if self.workers > 1 {
+            match self.routes.lookup(dst) {
+                Some(key) => {
+                    let owner = owner_of_key(&key, self.workers);
+                    if owner != self.id {
+                        self.handoff(owner, Msg::Tun(pkt));
+                        return;
+                    }
+                }
+                None => {
+                    self.counters.no_route += 1;
+                    self.pool.put(pkt.into_inner());
+                    return;
+                }
+            }
+        }
+        let Some(peer) = self.iface.route(dst) else {
+            self.counters.no_route += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        };
+        if self.batch_peer != Some(peer) || self.batch.len() >= MAX_BATCH {
+            self.flush_batch();
+            self.batch_peer = Some(peer);
+        }
+        self.batch.push(pkt);
+    }
+
+    /// Seals the pending batch for its peer and queues the sends; what
+    /// cannot be sealed (no session yet) is staged for the handshake.
+    fn flush_batch(&mut self) {
+        let Some(peer) = self.batch_peer.take() else {
+            return;
+        };
+        if self.batch.is_empty() {
+            return;
+        }
+        let mtu = self.mtu.load(Ordering::Relaxed) as usize;
+        let out = self
+            .iface
+            .encrypt_batch(peer, &mut self.batch, mtu, self.now);
+        let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
+        if let Some(h) = out.handshake {
+            self.send_control(endpoint, &h);
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut rest = batch.drain(..);
+        for pkt in rest.by_ref().take(out.sealed) {
+            self.send_packet(endpoint, pkt);
+        }
+        for pkt in rest {
+            self.stage(peer, pkt);
+        }
+        self.batch = batch;
+    }
+
+    fn stage(&mut self, peer: PeerId, pkt: Packet) {
+        let q = self.staged.entry(peer).or_default();
+        if q.len() >= MAX_STAGED {
+            if let Some(old) = q.pop_front() {
+                self.counters.staged_dropped += 1;
+                self.pool.put(old.into_inner());
+            }
+        }
+        q.push_back(pkt);
+    }
+
+    /// Sends what waited for `peer`'s handshake; false if nothing waited.
+    fn flush_staged(&mut self, peer: PeerId) -> bool {
+        let Some(mut q) = self.staged.remove(&peer) else {
+            return false;
+        };
+        if q.is_empty() {
+            return false;
+        }
+        self.flush_batch();
+        while !q.is_empty() {
+            self.batch_peer = Some(peer);
+            let n = q.len().min(MAX_BATCH);
+            self.batch.extend(q.drain(..n));
+            self.flush_batch();
+            if self.staged.get(&peer).is_some_and(|s| !s.is_empty()) {
+                // Still no session: the rest goes back to the queue.
+                let back = self.staged.entry(peer).or_default();
+                back.extend(q.drain(..));
+            }
+        }
+        true
+    }
+
+    fn udp_fd(&self, dst: &SocketAddr) -> Option<RawFd> {
+        match dst {
+            SocketAddr::V4(_) => Some(self.udp.v4),
+            SocketAddr::V6(_) => self.udp.v6,
+        }
+    }
+
+    fn send_packet(&mut self, endpoint: Option<SocketAddr>, pkt: Packet) {
+        let Some((dst, fd)) = endpoint.and_then(|d| self.udp_fd(&d).map(|fd| (d, fd))) else {
+            self.counters.no_route += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        };
+        let (start, len) = (pkt.start(), pkt.len());
+        if let Err((_, buf)) =
+            self.ops
+                .udp_send(&mut self.ring, fd, pkt.into_inner(), start, len, dst)
+        {
+            self.counters.backpressure += 1;
+            self.pool.put(buf);
+        }
+    }
+
+    fn send_control(&mut self, endpoint: Option<SocketAddr>, msg: &ControlMsg) {
+        let mut buf = self.pool.get();
+        let bytes = msg.as_bytes();
+        buf[..bytes.len()].copy_from_slice(bytes);
+        if let Some(pkt) = PacketBuf::new(buf, 0, bytes.len()) {
+            self.send_packet(endpoint, pkt);
+        }
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, mut pkt: Packet) {
+        if self.workers > 1 {
+            if let Some(index) = receiver_index(pkt.data()) {
+                let owner = index & self.mask;
+                if owner != self.id {
+                    self.handoff(owner, Msg::Udp(from, pkt));
+                    return;
+                }
+            }
+        }
+        let res = self.iface.receive(from, &mut pkt, self.now);
+        match res {
+            Received::Data {
+                peer,
+                confirmed,
+                handshake,
+            } => {
+                let (start, len) = (pkt.start(), pkt.len());
+                if let Err((_, buf)) =
+                    self.ops
+                        .tun_write(&mut self.ring, self.tun, pkt.into_inner(), start, len)
+                {
+                    self.counters.backpressure += 1;
+                    self.pool.put(buf);
+                }
+                self.after_receive(peer, confirmed, handshake);
+            }
+            Received::Keepalive {
+                peer,
+                confirmed,
+                handshake,
+            } => {
+                self.pool.put(pkt.into_inner());
+                self.after_receive(peer, confirmed, handshake);
+            }
+            Received::Reply { reply, .. } => {
+                self.pool.put(pkt.into_inner());
+                self.send_control(Some(from), &reply);
+            }
+            Received::HandshakeComplete { peer, keepalive } => {
+                self.pool.put(pkt.into_inner());
+                if !self.flush_staged(peer) {
+                    let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
+                    self.send_control(endpoint, &keepalive);
+                }
+            }
+            Received::Foreign { key } => {
+                let owner = owner_of_key(&key, self.workers);
+                if owner != self.id {
+                    self.handoff(owner, Msg::Udp(from, pkt));
+                } else {
+                    *self.counters.dropped.entry("unknown peer").or_default() += 1;
+                    self.pool.put(pkt.into_inner());
+                }
+            }
+            Received::CookieAccepted { .. } => self.pool.put(pkt.into_inner()),
+            Received::Dropped(reason) => {
+                *self.counters.dropped.entry(drop_name(&reason)).or_default() += 1;
+                self.pool.put(pkt.into_inner());
+            }
+        }
+    }
+
+    fn after_receive(&mut self, peer: PeerId, confirmed: bool, handshake: Option<ControlMsg>) {
+        if let Some(h) = handshake {
+            let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
+            self.send_control(endpoint, &h);
+        }
+        if confirmed {
+            self.flush_staged(peer);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.flush_batch();
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.tick_out);
+        self.iface
+            .tick(now, |peer, endpoint, res| out.push((peer, endpoint, res)));
+        for (peer, endpoint, res) in out.drain(..) {
+            if res.drop_staged {
+                if let Some(q) = self.staged.remove(&peer) {
+                    self.counters.staged_dropped += q.len() as u64;
+                    for p in q {
+                        self.pool.put(p.into_inner());
+                    }
+                }
+            }
+            for msg in res.send.iter().flatten() {
+                self.send_control(endpoint, msg);
+            }
+        }
+        self.tick_out = out;
+    }
+
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::PrivateKey(key) => self.iface.set_private_key(key.clone()),
+            // Sockets belong to the control plane; it sends new ones.
+            Change::ListenPort(_) | Change::Fwmark(_) => {}
+            Change::Peer(cfg) => self.apply_peer(cfg),
+            Change::RemovePeer(key) => {
+                if self.workers > 1 {
+                    self.routes.remove_value(*key);
+                }
+                if let Some(id) = self.iface.peer_by_key(key) {
+                    let _ = self.iface.remove_peer(id);
+                    if let Some(q) = self.staged.remove(&id) {
+                        for p in q {
+                            self.pool.put(p.into_inner());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_peer(&mut self, cfg: &PeerConfig) {
+        let key = cfg.public_key;
+        if self.workers > 1 {
+            self.routes.remove_value(key);
+            for &(addr, cidr) in &cfg.allowed_ips {
+                let _ = self.routes.insert(addr, cidr, key);
+            }
+        }
+        if owner_of_key(&key, self.workers) != self.id {
+            return;
+        }
+        let Ok(id) = self.iface.add_peer(key) else {
+            return;
+        };
+        let now = self.now;
+        let Some(peer) = self.iface.peer_mut(id) else {
+            return;
+        };
+        if peer.preshared_key() != &cfg.preshared_key {
+            peer.set_preshared_key(cfg.preshared_key.clone());
+        }
+        if let Some(ep) = cfg.endpoint {
+            peer.set_endpoint(Some(ep));
+        }
+        let keepalive_turned_on =
+            cfg.persistent_keepalive > 0 && peer.persistent_keepalive() != cfg.persistent_keepalive;
+        if peer.persistent_keepalive() != cfg.persistent_keepalive {
+            peer.set_persistent_keepalive(cfg.persistent_keepalive, now);
+        }
+        let has_endpoint = peer.endpoint().is_some();
+        let current: Vec<(IpAddr, u8)> = self.iface.allowed_ips(id).collect();
+        if current != cfg.allowed_ips {
+            self.iface.clear_allowed(id);
+            for &(addr, cidr) in &cfg.allowed_ips {
+                let _ = self.iface.allow(id, addr, cidr);
+            }
+        }
+        // As wireguard-go: turning on persistent keepalive on a peer with an
+        // endpoint sends a keepalive now, which starts the handshake a
+        // spoke behind NAT needs to be reachable.
+        if keepalive_turned_on && has_endpoint {
+            let endpoint = self.iface.peer(id).and_then(|p| p.endpoint());
+            for msg in self.iface.keepalive(id, now).into_iter().flatten() {
+                self.send_control(endpoint, &msg);
+            }
+        }
+    }
+
+    fn stats(&self) -> Vec<PeerStats> {
+        self.iface
+            .peers()
+            .map(|p| PeerStats {
+                public_key: *p.public_key(),
+                endpoint: p.endpoint(),
+                last_handshake: p.last_handshake(),
+                rx_bytes: p.rx_bytes(),
+                tx_bytes: p.tx_bytes(),
+            })
+            .collect()
+    }
+}
+
+fn drop_name(d: &crate::proto::interface::Drop) -> &'static str {
+    use crate::proto::interface::Drop as D;
+    match d {
+        D::Malformed(_) => "malformed",
+        D::BadMac => "bad mac1",
+        D::RateLimited => "rate limited",
+        D::NoIdentity => "no private key",
+        D::UnknownPeer => "unknown peer",
+        D::UnknownIndex => "unknown index",
+        D::Peer(_) => "refused by peer",
+        D::NotIp => "not ip",
+        D::SourceNotAllowed => "source not allowed",
+    }
+}
+
+const _: () = assert!(BUF_SIZE > 65535 + HEADROOM + crate::proto::messages::TAILROOM);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_bits_cover_the_workers() {
+        assert_eq!(worker_bits(1), 0);
+        assert_eq!(worker_bits(2), 1);
+        assert_eq!(worker_bits(3), 2);
+        assert_eq!(worker_bits(4), 2);
+        assert_eq!(worker_bits(5), 3);
+        assert_eq!(worker_bits(256), 8);
+    }
+
+    #[test]
+    fn receiver_index_of_each_type() {
+        let mut m = [0u8; 32];
+        m[0] = 4;
+        m[4..8].copy_from_slice(&7u32.to_le_bytes());
+        assert_eq!(receiver_index(&m), Some(7));
+        m[0] = 3;
+        assert_eq!(receiver_index(&m), Some(7));
+        m[0] = 2;
+        m[8..12].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(receiver_index(&m), Some(9));
+        m[0] = 1;
+        assert_eq!(receiver_index(&m), None);
+        assert_eq!(receiver_index(&[4, 0]), None);
+    }
+
+    #[test]
+    fn destinations() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[16..20].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(destination(&v4), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(destination(&v4[..19]), None);
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[24] = 0xfd;
+        assert_eq!(destination(&v6), Some("fd00::".parse().unwrap()));
+        assert_eq!(destination(&[0x50; 40]), None);
+    }
+
+    #[test]
+    fn owners_spread() {
+        let mut counts = [0u32; 4];
+        for i in 0..4000u32 {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_le_bytes());
+            counts[owner_of_key(&PublicKey::from_bytes(b), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}
