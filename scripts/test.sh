@@ -18,15 +18,25 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-# Debian packages the tests need. Add to this list as tests grow.
+# Debian packages the tests need. Add to this list as tests grow. Installed
+# without recommends: wireguard-tools would otherwise pull in a kernel image.
+# The network-namespace tests (control/tests/netns/, run as root) use all of them.
 APT_PACKAGES=(
-    wireguard-tools # `wg`: control/tests/keys.rs compares against it byte for byte
+    wireguard-tools # `wg` (keys.rs compares against it byte for byte) and `wg-quick`
+    wireguard-go    # reference userspace peer; wg-quick's default userspace fallback
+    iperf3          # throughput through the tunnel (`iperf3 -J`)
+    iproute2        # `ip netns`, veth pairs, addresses, routes; `ss`
+    iputils-ping    # `ping` over IPv4 and IPv6
 )
 
 # Cargo tools installed into ./.tools with `cargo install --locked`, as
-# "crate version binary". Pinned so that every machine runs the same tool.
+# "crate version binary". Pinned so that every machine runs the same tool;
+# "binary --version" must print the version (that is how an install is found).
+# Build times on a 2-core machine: boringtun-cli ~50 s, gotatun-cli ~2 min 10 s.
 CARGO_TOOLS=(
     "cargo-fuzz 0.13.2 cargo-fuzz"
+    "boringtun-cli 0.7.1 boringtun-cli" # independent peer (Cloudflare); prints "boringtun 0.7.1"
+    "gotatun-cli 0.10.2 gotatun"        # independent peer (Mullvad, boringtun fork)
 )
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
@@ -72,7 +82,7 @@ for entry in "${CARGO_TOOLS[@]}"; do
     if [[ -x "$TOOLS/bin/$bin" ]] && "$TOOLS/bin/$bin" --version 2>/dev/null | grep -qwF "$version"; then
         echo "$crate $version: installed"
     else
-        echo "$crate $version: installing"
+        echo "$crate $version: installing (cargo builds it from source: minutes)"
         t=$(date +%s)
         cargo install --quiet --root "$TOOLS" --locked "$crate" --version "=$version"
         echo "$crate $version: installed in $(elapsed "$t")"

@@ -71,6 +71,10 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub no_ebpf: bool,
 
+    /// More log output (-v debug, -vv trace); overrides LOG_LEVEL.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     /// Interface to create and serve (daemon; not built yet).
     #[arg(value_name = "IFNAME", required = true)]
     pub ifname: Option<String>,

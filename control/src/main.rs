@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 mod cli;
+// The daemon that uses these is not built yet.
+mod config;
+mod daemon;
 mod keys_cmd;
+mod uapi;
 
 use cli::{Cli, Command};
 
@@ -31,12 +35,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The daemon form. It is not built yet, so say so plainly and fail.
+/// The daemon form.
 fn daemon(args: &cli::DaemonArgs) -> ExitCode {
-    let ifname = args.ifname.as_deref().unwrap_or("IFNAME");
-    eprintln!(
-        "corewire: cannot run interface {ifname:?}: the daemon is not built yet in this version; \
-         only `corewire genkey`, `corewire pubkey` and `corewire genpsk` work so far"
-    );
-    ExitCode::FAILURE
+    daemon::run(args)
 }

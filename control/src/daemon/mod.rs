@@ -1,0 +1,186 @@
+//! The daemon: `corewire [-f] [--threads N] IFNAME`.
+//!
+//! Startup order matters. We fork first (while single-threaded), block the
+//! termination signals (so worker threads inherit the mask), create the TUN
+//! device, start the engine, bind the UAPI socket, and only then report
+//! readiness to the waiting parent. The control thread then polls three
+//! descriptors: the UAPI listener, a netlink socket watching our link, and
+//! a signalfd. It leaves, removing its socket, when a signal arrives, when
+//! the link is deleted (`wg-quick down` does `ip link del`), or when its
+//! socket file is deleted or replaced.
+
+mod detach;
+mod signals;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use corewire_dataplane::engine::device::{Engine, EngineOptions};
+use corewire_dataplane::engine::netlink::{LinkEvent, LinkMonitor};
+use corewire_dataplane::engine::tun::Tun;
+
+use crate::cli::DaemonArgs;
+use crate::config::DeviceConfig;
+use crate::uapi::server::{UapiServer, SOCKET_DIR};
+use detach::Readiness;
+use signals::Signals;
+
+/// How often the control loop checks that its socket file is still there.
+const SOCKET_CHECK: Duration = Duration::from_millis(500);
+
+/// Runs the daemon; returns the process exit status.
+pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
+    let Some(ifname) = args.ifname.clone() else {
+        eprintln!("corewire: no interface name given (usage: corewire [-f] IFNAME)");
+        return std::process::ExitCode::FAILURE;
+    };
+    let mut ready = if args.foreground {
+        Readiness::foreground()
+    } else {
+        match detach::daemonize() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("corewire: cannot start the daemon: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
+    init_logging(args.verbose);
+    match serve(args, &ifname, &mut ready) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Before readiness this reaches the launcher; after, the log.
+            ready.fail(&format!("{e:#}"));
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    // LOG_LEVEL as wireguard-go: verbose|debug, error, silent.
+    let from_env = match std::env::var("LOG_LEVEL").as_deref() {
+        Ok("verbose") | Ok("debug") => Some(tracing::Level::DEBUG),
+        Ok("error") => Some(tracing::Level::ERROR),
+        Ok("silent") => None,
+        _ => Some(tracing::Level::INFO),
+    };
+    let level = match verbose {
+        0 => from_env,
+        1 => Some(tracing::Level::DEBUG),
+        _ => Some(tracing::Level::TRACE),
+    };
+    if let Some(level) = level {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .try_init();
+    }
+}
+
+fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<()> {
+    let signals = Signals::block().context("blocking signals")?;
+    let threads = args
+        .threads
+        .map(|n| n.get())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let tun = Tun::create(ifname, threads)?;
+    let ifindex = tun.ifindex();
+    let mut monitor = LinkMonitor::new(ifindex).context("watching the link over netlink")?;
+    let mut engine = Engine::start(tun, &EngineOptions { threads, pin: true })
+        .context("starting the workers")?;
+    let mut uapi = UapiServer::bind(Path::new(SOCKET_DIR), ifname)
+        .with_context(|| format!("creating the UAPI socket in {SOCKET_DIR}"))?;
+    let mut config = DeviceConfig::new();
+    tracing::info!(
+        ifname,
+        workers = engine.workers(),
+        "interface up; UAPI at {}",
+        uapi.path().display()
+    );
+    ready.ready();
+
+    let reason = control_loop(&mut engine, &mut uapi, &mut config, &mut monitor, &signals);
+    tracing::info!("stopping: {reason}");
+    drop(uapi);
+    engine.shutdown();
+    Ok(())
+}
+
+fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> usize {
+    // SAFETY: fds is a valid slice of pollfd for the kernel to fill.
+    let n = unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Serves until there is a reason to stop, and returns it.
+fn control_loop(
+    engine: &mut Engine,
+    uapi: &mut UapiServer,
+    config: &mut DeviceConfig,
+    monitor: &mut LinkMonitor,
+    signals: &Signals,
+) -> String {
+    loop {
+        let mut fds = [
+            pollfd(uapi.as_raw_fd()),
+            pollfd(monitor.as_raw_fd()),
+            pollfd(signals.fd()),
+        ];
+        poll_fds(&mut fds, SOCKET_CHECK);
+        if fds[2].revents != 0 {
+            if let Some(sig) = signals.take() {
+                return format!("signal {sig}");
+            }
+        }
+        if fds[1].revents != 0 {
+            match monitor.poll_events() {
+                Ok(events) => {
+                    for ev in events {
+                        match ev {
+                            LinkEvent::Mtu(mtu) => {
+                                tracing::info!(mtu, "MTU changed");
+                                engine.set_mtu(mtu);
+                            }
+                            LinkEvent::Deleted => return "the interface was deleted".into(),
+                            LinkEvent::Up | LinkEvent::Down => {}
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("netlink: {e}"),
+            }
+        }
+        if fds[0].revents != 0 {
+            // Signals are handled here, not through the server's stop flag.
+            let never = AtomicBool::new(false);
+            if let Err(e) = uapi.serve_pending(engine, config, &never, Duration::ZERO) {
+                return format!("the UAPI socket failed: {e}");
+            }
+        }
+        if !uapi.socket_file_intact() {
+            return "the UAPI socket file was removed".into();
+        }
+        if !engine.healthy() {
+            return "a worker stopped unexpectedly".into();
+        }
+    }
+}
