@@ -12,7 +12,7 @@
 //! valid mac2 get a cookie reply instead of an answer, and those with one
 //! pass a per-source token bucket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -144,6 +144,12 @@ pub struct Interface {
     under_load_until: Option<Instant>,
     clock: Clock,
     worker: u32,
+    /// Peers that may hold handshake or session state: the only ones whose
+    /// timers can be armed. A peer enters when it starts or answers a
+    /// handshake and leaves when its keys are erased, so a concentrator's
+    /// idle peers cost nothing per tick.
+    active: HashSet<PeerId>,
+    tick_scratch: Vec<PeerId>,
 }
 
 impl Interface {
@@ -169,6 +175,8 @@ impl Interface {
             under_load_until: None,
             clock: Clock::new(now, wall),
             worker,
+            active: HashSet::new(),
+            tick_scratch: Vec::new(),
         }
     }
 
@@ -235,6 +243,7 @@ impl Interface {
             .and_then(Option::take)
             .ok_or(ConfigError::NoSuchPeer)?;
         peer.erase_keys(&mut self.indexes);
+        self.active.remove(&id);
         self.by_key.remove(peer.public_key());
         self.allowed.remove_value(id);
         self.free.push(id);
@@ -329,24 +338,36 @@ impl Interface {
         mtu: usize,
         now: Instant,
     ) -> SendOutcome {
-        match self.ctx_and_peer(peer) {
+        let out = match self.ctx_and_peer(peer) {
             Some((mut ctx, p)) => p.encrypt_batch(&mut ctx, pkts, mtu, now),
-            None => SendOutcome::default(),
+            None => return SendOutcome::default(),
+        };
+        self.mark_active(peer);
+        out
+    }
+
+    fn mark_active(&mut self, peer: PeerId) {
+        if self.peer(peer).is_some_and(Peer::is_active) {
+            self.active.insert(peer);
         }
     }
 
     /// Starts a handshake with `peer` now (rate limited per REKEY_TIMEOUT).
     pub fn initiate(&mut self, peer: PeerId, now: Instant) -> Option<ControlMsg> {
         let (mut ctx, p) = self.ctx_and_peer(peer)?;
-        p.initiate(&mut ctx, now, false)
+        let msg = p.initiate(&mut ctx, now, false);
+        self.mark_active(peer);
+        msg
     }
 
     /// A keepalive for `peer` (or an initiation if it has no session).
     pub fn keepalive(&mut self, peer: PeerId, now: Instant) -> [Option<ControlMsg>; 2] {
-        match self.ctx_and_peer(peer) {
+        let out = match self.ctx_and_peer(peer) {
             Some((mut ctx, p)) => p.keepalive(&mut ctx, now),
-            None => [None, None],
-        }
+            None => return [None, None],
+        };
+        self.mark_active(peer);
+        out
     }
 
     /// Runs `peer`'s timers.
@@ -364,8 +385,9 @@ impl Interface {
         now: Instant,
         mut out: impl FnMut(PeerId, Option<SocketAddr>, TickOutcome),
     ) {
-        for i in 0..self.peers.len() {
-            let id = i as PeerId;
+        let mut ids = std::mem::take(&mut self.tick_scratch);
+        ids.extend(self.active.iter().copied());
+        for &id in &ids {
             let due = self
                 .peer(id)
                 .and_then(Peer::next_deadline)
@@ -377,7 +399,12 @@ impl Interface {
                     out(id, endpoint, res);
                 }
             }
+            if !self.peer(id).is_some_and(Peer::is_active) {
+                self.active.remove(&id);
+            }
         }
+        ids.clear();
+        self.tick_scratch = ids;
         self.limiter.gc(now);
     }
 
@@ -419,6 +446,7 @@ impl Interface {
                 };
                 let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownPeer)?;
                 let reply = peer.consume_initiation(&mut ctx, opened, msg, src, now)?;
+                self.mark_active(id);
                 Ok(Received::Reply {
                     peer: Some(id),
                     reply,
@@ -611,6 +639,21 @@ mod tests {
         let out = a.encrypt_batch(ia, &mut p, 1420, later + REKEY_TIMEOUT);
         assert_eq!(out.sealed, 0);
         assert_eq!(out.handshake.unwrap().msg_type(), TYPE_INITIATION);
+    }
+
+    #[test]
+    fn only_active_peers_are_ticked() {
+        let now = Instant::now();
+        let (mut a, ia, _, _) = pair(now);
+        // A configured peer that never talked is not tracked.
+        let idle = a.add_peer(PrivateKey::generate().public_key()).unwrap();
+        assert!(a.active.contains(&ia));
+        assert!(!a.active.contains(&idle));
+        // Once its keys are erased the peer leaves the set.
+        let later = now + crate::proto::timers::ZERO_KEYS_AFTER + Duration::from_secs(1);
+        a.tick(later, |_, _, _| {});
+        assert!(!a.peer(ia).unwrap().is_active());
+        assert!(a.active.is_empty());
     }
 
     #[test]
