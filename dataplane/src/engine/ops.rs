@@ -124,10 +124,6 @@ impl Ops {
         }
     }
 
-    fn take(&mut self) -> Result<u32, OpError> {
-        self.free.pop().ok_or(OpError::Full)
-    }
-
     /// Completes slot `user_data` with `result`, freeing it.
     pub fn complete(&mut self, user_data: u64, result: i32) -> Option<Done> {
         let slot = self.slots.get_mut(usize::try_from(user_data).ok()?)?;
@@ -153,31 +149,44 @@ impl Ops {
         Some(done)
     }
 
+    /// Claims a slot for an operation of `kind` on `buf`, lets `build` make
+    /// its submission entry from the slot's memory and the buffer, and
+    /// queues it. The buffer comes back with the error when no slot is free.
+    fn start(
+        &mut self,
+        ring: &mut IoUring,
+        kind: OpKind,
+        buf: Option<Buf>,
+        build: impl FnOnce(&mut Meta, Option<&mut Buf>) -> squeue::Entry,
+    ) -> Result<(), (OpError, Option<Buf>)> {
+        let Some(id) = self.free.pop() else {
+            return Err((OpError::Full, buf));
+        };
+        let slot = &mut self.slots[id as usize];
+        slot.kind = kind;
+        slot.buf = buf;
+        // The buffer's heap memory and the boxed metadata stay where they
+        // are until the completion frees the slot.
+        let entry = build(&mut slot.meta, slot.buf.as_mut()).user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
     /// Queues a read of one packet from a TUN queue into `buf` at `offset`
     /// (the room before it is for the transport header).
     pub fn tun_read(
         &mut self,
         ring: &mut IoUring,
         fd: RawFd,
-        mut buf: Buf,
+        buf: Buf,
         offset: usize,
     ) -> Result<(), (OpError, Buf)> {
-        let id = match self.take() {
-            Ok(id) => id,
-            Err(e) => return Err((e, buf)),
-        };
         let len = (BUF_SIZE - offset - TAILROOM) as u32;
-        // The buffer stays in the slot until completion; its heap memory
-        // does not move when the Box does.
-        let ptr = buf[offset..].as_mut_ptr();
-        let slot = &mut self.slots[id as usize];
-        slot.kind = OpKind::TunRead { offset };
-        slot.buf = Some(buf);
-        let entry = opcode::Read::new(types::Fd(fd), ptr, len)
-            .build()
-            .user_data(u64::from(id));
-        push(ring, &entry);
-        Ok(())
+        self.start(ring, OpKind::TunRead { offset }, Some(buf), |_, buf| {
+            let ptr = buf.map_or(std::ptr::null_mut(), |b| b[offset..].as_mut_ptr());
+            opcode::Read::new(types::Fd(fd), ptr, len).build()
+        })
+        .map_err(with_buf)
     }
 
     /// Queues the receive of one datagram on `fd` into `buf`.
@@ -186,26 +195,16 @@ impl Ops {
         ring: &mut IoUring,
         fd: RawFd,
         gen: u32,
-        mut buf: Buf,
+        buf: Buf,
     ) -> Result<(), (OpError, Buf)> {
-        let id = match self.take() {
-            Ok(id) => id,
-            Err(e) => return Err((e, buf)),
-        };
-        let slot = &mut self.slots[id as usize];
-        let m = &mut *slot.meta;
-        m.iov.iov_base = buf.as_mut_ptr().cast();
-        m.iov.iov_len = BUF_SIZE;
-        m.addr = SockAddrBuf::new();
-        m.hdr = msghdr_for(&mut m.iov, &mut m.addr, SockAddrBuf::CAPACITY);
-        let hdr: *mut libc::msghdr = &mut m.hdr;
-        slot.kind = OpKind::UdpRecv { fd, gen };
-        slot.buf = Some(buf);
-        let entry = opcode::RecvMsg::new(types::Fd(fd), hdr)
-            .build()
-            .user_data(u64::from(id));
-        push(ring, &entry);
-        Ok(())
+        self.start(ring, OpKind::UdpRecv { fd, gen }, Some(buf), |m, buf| {
+            m.iov.iov_base = buf.map_or(std::ptr::null_mut(), |b| b.as_mut_ptr().cast());
+            m.iov.iov_len = BUF_SIZE;
+            m.addr = SockAddrBuf::new();
+            m.hdr = msghdr_for(&mut m.iov, &mut m.addr, SockAddrBuf::CAPACITY);
+            opcode::RecvMsg::new(types::Fd(fd), &mut m.hdr).build()
+        })
+        .map_err(with_buf)
     }
 
     /// Queues a write of `buf[start..start + len]` to a TUN queue.
@@ -217,19 +216,11 @@ impl Ops {
         start: usize,
         len: usize,
     ) -> Result<(), (OpError, Buf)> {
-        let id = match self.take() {
-            Ok(id) => id,
-            Err(e) => return Err((e, buf)),
-        };
-        let ptr = buf[start..start + len].as_ptr();
-        let slot = &mut self.slots[id as usize];
-        slot.kind = OpKind::TunWrite;
-        slot.buf = Some(buf);
-        let entry = opcode::Write::new(types::Fd(fd), ptr, len as u32)
-            .build()
-            .user_data(u64::from(id));
-        push(ring, &entry);
-        Ok(())
+        self.start(ring, OpKind::TunWrite, Some(buf), |_, buf| {
+            let ptr = buf.map_or(std::ptr::null(), |b| b[start..start + len].as_ptr());
+            opcode::Write::new(types::Fd(fd), ptr, len as u32).build()
+        })
+        .map_err(with_buf)
     }
 
     /// Queues the send of `buf[start..start + len]` to `dst` on `fd`.
@@ -242,53 +233,40 @@ impl Ops {
         len: usize,
         dst: SocketAddr,
     ) -> Result<(), (OpError, Buf)> {
-        let id = match self.take() {
-            Ok(id) => id,
-            Err(e) => return Err((e, buf)),
-        };
-        let slot = &mut self.slots[id as usize];
-        let m = &mut *slot.meta;
-        m.addr = SockAddrBuf::from_socket_addr(dst);
-        let namelen = m.addr.addr_len();
-        m.iov.iov_base = buf[start..].as_ptr() as *mut libc::c_void;
-        m.iov.iov_len = len;
-        m.hdr = msghdr_for(&mut m.iov, &mut m.addr, namelen);
-        let hdr: *const libc::msghdr = &m.hdr;
-        slot.kind = OpKind::UdpSend;
-        slot.buf = Some(buf);
-        let entry = opcode::SendMsg::new(types::Fd(fd), hdr)
-            .build()
-            .user_data(u64::from(id));
-        push(ring, &entry);
-        Ok(())
+        self.start(ring, OpKind::UdpSend, Some(buf), |m, buf| {
+            m.addr = SockAddrBuf::from_socket_addr(dst);
+            let namelen = m.addr.addr_len();
+            m.iov.iov_base = buf.map_or(std::ptr::null_mut(), |b| b[start..].as_mut_ptr().cast());
+            m.iov.iov_len = len;
+            m.hdr = msghdr_for(&mut m.iov, &mut m.addr, namelen);
+            opcode::SendMsg::new(types::Fd(fd), &m.hdr).build()
+        })
+        .map_err(with_buf)
     }
 
     /// Queues a read of the worker's eventfd.
     pub fn wake_read(&mut self, ring: &mut IoUring, fd: RawFd) -> Result<(), OpError> {
-        let id = self.take()?;
-        let slot = &mut self.slots[id as usize];
-        slot.kind = OpKind::Wake;
-        let ptr: *mut u64 = &mut slot.meta.counter;
-        let entry = opcode::Read::new(types::Fd(fd), ptr.cast(), 8)
-            .build()
-            .user_data(u64::from(id));
-        push(ring, &entry);
-        Ok(())
+        self.start(ring, OpKind::Wake, None, |m, _| {
+            opcode::Read::new(types::Fd(fd), (&mut m.counter as *mut u64).cast(), 8).build()
+        })
+        .map_err(|(e, _)| e)
     }
 
     /// Queues a timeout that completes after `after`.
     pub fn timer(&mut self, ring: &mut IoUring, after: Duration) -> Result<(), OpError> {
-        let id = self.take()?;
-        let slot = &mut self.slots[id as usize];
-        slot.kind = OpKind::Timer;
-        slot.meta.ts = types::Timespec::new()
-            .sec(after.as_secs())
-            .nsec(after.subsec_nanos());
-        let ts: *const types::Timespec = &slot.meta.ts;
-        let entry = opcode::Timeout::new(ts).build().user_data(u64::from(id));
-        push(ring, &entry);
-        Ok(())
+        self.start(ring, OpKind::Timer, None, |m, _| {
+            m.ts = types::Timespec::new()
+                .sec(after.as_secs())
+                .nsec(after.subsec_nanos());
+            opcode::Timeout::new(&m.ts).build()
+        })
+        .map_err(|(e, _)| e)
     }
+}
+
+/// The buffer-carrying form of a start error (every buffer op passes one).
+fn with_buf((e, buf): (OpError, Option<Buf>)) -> (OpError, Buf) {
+    (e, buf.unwrap_or_default())
 }
 
 /// Pushes an entry, submitting first if the submission queue is full.

@@ -26,15 +26,15 @@
 //! IPv4 and IPv6 are separate tables: an IPv4-mapped IPv6 address
 //! (`::ffff:a.b.c.d`) is an IPv6 address here, as in the kernel.
 //!
-//! Hashing uses a keyed folded-multiply hash (`FoldState`): keys are
-//! prefixes chosen by the administrator, not by the network, so a fast hash is
-//! safe, and the random key still avoids pathological layouts.
+//! Hashing uses foldhash's fast keyed hash (hashbrown's own default): keys
+//! are prefixes chosen by the administrator, not by the network, so a fast
+//! hash is safe, and the per-table random key avoids pathological layouts.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use super::fasthash::FoldState;
+use foldhash::fast::RandomState as FoldState;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why an [`AllowedIps`] operation was refused.
@@ -243,7 +243,7 @@ impl<K: PrefixKey, T: Copy> FamilyTable<K, T> {
     fn new(hasher: FoldState) -> Self {
         Self {
             maps: (0..=K::BITS)
-                .map(|_| HashMap::with_hasher(hasher))
+                .map(|_| HashMap::with_hasher(hasher.clone()))
                 .collect(),
             present: [0; 3],
             slab: Slab {
@@ -324,10 +324,10 @@ pub struct AllowedIps<T> {
 impl<T: Copy + Eq + Hash> AllowedIps<T> {
     /// An empty table.
     pub fn new() -> Self {
-        let hasher = FoldState::new();
+        let hasher = FoldState::default();
         Self {
-            v4: FamilyTable::new(hasher),
-            v6: FamilyTable::new(hasher),
+            v4: FamilyTable::new(hasher.clone()),
+            v6: FamilyTable::new(hasher.clone()),
             owners: HashMap::with_hasher(hasher),
         }
     }

@@ -20,7 +20,7 @@ use std::fmt;
 use rand_chacha::ChaCha12Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::fasthash::FoldState;
+use foldhash::fast::RandomState as FoldState;
 
 /// Largest supported `worker_bits`: 256 workers, leaving 24 random bits.
 pub const MAX_WORKER_BITS: u8 = 8;
@@ -74,7 +74,7 @@ impl<T, R: RngCore> IndexTable<T, R> {
     pub fn with_rng(worker_bits: u8, rng: R) -> Self {
         debug_assert!(worker_bits <= MAX_WORKER_BITS, "worker_bits {worker_bits}");
         Self {
-            map: HashMap::with_hasher(FoldState::new()),
+            map: HashMap::with_hasher(FoldState::default()),
             worker_bits: worker_bits.min(MAX_WORKER_BITS),
             rng,
         }

@@ -136,43 +136,32 @@ pub trait MacProtected: IntoBytes + Immutable {
     fn mac2(&self) -> &[u8; MAC_LEN];
 }
 
-impl MacProtected for Initiation {
-    const MAC1_OFFSET: usize = offset_of!(Initiation, mac1);
-    fn sender(&self) -> u32 {
-        self.sender.get()
-    }
-    fn mac1(&self) -> &[u8; MAC_LEN] {
-        &self.mac1
-    }
-    fn mac1_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        &mut self.mac1
-    }
-    fn mac2_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        &mut self.mac2
-    }
-    fn mac2(&self) -> &[u8; MAC_LEN] {
-        &self.mac2
-    }
+/// Both handshake messages carry `sender`, `mac1` and `mac2` under the same
+/// names, so one implementation serves them.
+macro_rules! mac_protected {
+    ($msg:ident) => {
+        impl MacProtected for $msg {
+            const MAC1_OFFSET: usize = offset_of!($msg, mac1);
+            fn sender(&self) -> u32 {
+                self.sender.get()
+            }
+            fn mac1(&self) -> &[u8; MAC_LEN] {
+                &self.mac1
+            }
+            fn mac1_mut(&mut self) -> &mut [u8; MAC_LEN] {
+                &mut self.mac1
+            }
+            fn mac2_mut(&mut self) -> &mut [u8; MAC_LEN] {
+                &mut self.mac2
+            }
+            fn mac2(&self) -> &[u8; MAC_LEN] {
+                &self.mac2
+            }
+        }
+    };
 }
-
-impl MacProtected for Response {
-    const MAC1_OFFSET: usize = offset_of!(Response, mac1);
-    fn sender(&self) -> u32 {
-        self.sender.get()
-    }
-    fn mac1(&self) -> &[u8; MAC_LEN] {
-        &self.mac1
-    }
-    fn mac1_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        &mut self.mac1
-    }
-    fn mac2_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        &mut self.mac2
-    }
-    fn mac2(&self) -> &[u8; MAC_LEN] {
-        &self.mac2
-    }
-}
+mac_protected!(Initiation);
+mac_protected!(Response);
 
 /// A small datagram the core asks to send: a handshake message, a cookie
 /// reply or a keepalive. Owned and inline (148 bytes at most), so producing

@@ -7,7 +7,6 @@
 pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
-pub mod fasthash;
 pub mod handshake;
 pub mod index;
 pub mod interface;
