@@ -3,8 +3,7 @@
 //! Two forms share one parser:
 //! - key tools, byte-compatible with `wg genkey`, `wg pubkey` and `wg genpsk`;
 //! - the daemon, `corewire [-f|--foreground] [--threads N] [--no-ebpf] IFNAME`,
-//!   in the manner of `wireguard-go`. Its arguments are parsed already so that
-//!   the interface is stable, but the daemon itself is not built yet.
+//!   in the manner of `wireguard-go`.
 
 use std::num::NonZeroUsize;
 
@@ -17,9 +16,12 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "corewire: userspace WireGuard for Linux gateways",
     long_about = "corewire: userspace WireGuard for Linux gateways.\n\n\
-                  `corewire IFNAME` will run the daemon for interface IFNAME \
-                  (not built yet). The key commands below work now and are \
-                  byte-compatible with `wg genkey`, `wg pubkey` and `wg genpsk`.",
+                  `corewire IFNAME` creates interface IFNAME and serves it, \
+                  configured with `wg` or `wg-quick` (set \
+                  WG_QUICK_USERSPACE_IMPLEMENTATION=corewire). Without -f it \
+                  returns once the interface and its UAPI socket exist. The key \
+                  commands are byte-compatible with `wg genkey`, `wg pubkey` and \
+                  `wg genpsk`.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     arg_required_else_help = true
@@ -56,18 +58,18 @@ impl Command {
     }
 }
 
-/// Arguments of the daemon form (the daemon is not built yet).
+/// Arguments of the daemon form.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Stay in the foreground instead of detaching (daemon; not built yet).
+    /// Stay in the foreground instead of detaching.
     #[arg(short, long)]
     pub foreground: bool,
 
-    /// Number of worker threads, default one per core (daemon; not built yet).
+    /// Number of worker threads, default one per core.
     #[arg(long, value_name = "N")]
     pub threads: Option<NonZeroUsize>,
 
-    /// Do not load the eBPF steering programs (daemon; not built yet).
+    /// Do not load eBPF steering (accepted; steering is not built yet, workers hand packets over in software).
     #[arg(long)]
     pub no_ebpf: bool,
 
@@ -75,7 +77,7 @@ pub struct DaemonArgs {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// Interface to create and serve (daemon; not built yet).
+    /// Interface to create and serve.
     #[arg(value_name = "IFNAME", required = true)]
     pub ifname: Option<String>,
 }

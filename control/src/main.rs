@@ -1,11 +1,10 @@
-//! The `corewire` binary: key tools now, the daemon later.
+//! The `corewire` binary: the daemon (`corewire [-f] IFNAME`) and the key tools.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
 mod cli;
-// The daemon that uses these is not built yet.
 mod config;
 mod daemon;
 mod keys_cmd;

@@ -219,7 +219,11 @@ fn case(test: &str, other: WgImpl, corewire_initiates: bool, outer: Outer) {
     let ini_dump = wg_show_dump(&ini.ns, &ini.ifname);
     let ini_port = ini_dump.listen_port;
     assert_ne!(ini_port, 0, "{}: no random port chosen", ini.imp.name());
-    assert_eq!(ini_dump.public_key, ini.key.public);
+    if ini.imp != WgImpl::Boringtun {
+        // boringtun 0.7.1 answers `get` without `private_key` (it sends a
+        // non-standard `own_public_key`), so `wg` shows "(none)" for both.
+        assert_eq!(ini_dump.public_key, ini.key.public, "wg derives the key");
+    }
     let res_before = res.peer_dump(ini);
     assert_eq!(res_before.latest_handshake, 0, "handshake before traffic");
     assert_eq!(res_before.endpoint, None, "responder has an endpoint");

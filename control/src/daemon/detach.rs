@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The child's end of the readiness pipe.
 #[derive(Debug)]
@@ -67,6 +67,7 @@ pub fn daemonize() -> std::io::Result<Readiness> {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
             drop(read);
+            close_inherited_fds(write.as_raw_fd());
             // SAFETY: plain syscalls on the calling process.
             unsafe {
                 libc::setsid();
@@ -96,6 +97,21 @@ pub fn daemonize() -> std::io::Result<Readiness> {
     }
 }
 
+/// Closes every descriptor from 3 up except `keep`. A daemon that kept its
+/// launcher's descriptors would hold the caller's pipes and locks open for
+/// as long as it runs (a shell waiting for EOF, a `flock` on fd 9).
+fn close_inherited_fds(keep: RawFd) {
+    let keep = keep as libc::c_uint;
+    // SAFETY: closing descriptors this fresh, single-threaded child owns;
+    // nothing in it refers to them any more.
+    unsafe {
+        if keep > 3 {
+            libc::close_range(3, keep - 1, 0);
+        }
+        libc::close_range(keep + 1, libc::c_uint::MAX, 0);
+    }
+}
+
 /// Points stdin, stdout and stderr at /dev/null.
 fn detach_stdio() {
     let Ok(null) = std::fs::OpenOptions::new()
@@ -105,7 +121,6 @@ fn detach_stdio() {
     else {
         return;
     };
-    use std::os::fd::AsRawFd;
     for fd in 0..3 {
         // SAFETY: dup2 onto the standard descriptors, which we own.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
