@@ -207,18 +207,23 @@ fn version_prints_name_and_version() {
     );
 }
 
+/// A bad interface name fails before anything is created, with a one-line
+/// reason, in the foreground and through the daemonizing launcher alike
+/// (the name is invalid, so no device or socket can result from this test).
 #[test]
-fn daemon_form_says_it_is_not_built_yet() {
+fn daemon_refuses_a_bad_interface_name() {
     for args in [
-        &["wg0"][..],
-        &["-f", "--threads", "2", "--no-ebpf", "wg0"][..],
+        &["bad/name"][..],
+        &["-f", "--threads", "2", "--no-ebpf", "bad/name"][..],
+        &["-f", "this-name-is-far-too-long"][..],
     ] {
         let out = corewire(args, b"");
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(out.stdout.is_empty());
         let err = stderr_text(&out);
-        assert!(err.contains("not built yet"), "{err:?}");
-        assert!(err.contains("wg0"), "{err:?}");
+        assert!(err.contains("corewire"), "{err:?}");
+        assert!(err.contains("name"), "{err:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
     }
 }
 

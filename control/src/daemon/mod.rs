@@ -48,25 +48,28 @@ pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
             }
         }
     };
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.foreground);
     match serve(args, &ifname, &mut ready) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // Before readiness this reaches the launcher; after, the log.
+            // Setup failed before readiness: one line, from the launcher
+            // (or from us in the foreground).
             ready.fail(&format!("{e:#}"));
-            tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(verbose: u8) {
-    // LOG_LEVEL as wireguard-go: verbose|debug, error, silent.
+fn init_logging(verbose: u8, foreground: bool) {
+    // LOG_LEVEL as wireguard-go: verbose|debug, error, silent. Unset: info
+    // in the foreground (a terminal, the journal); warnings only when
+    // launched by wg-quick, whose output users read.
     let from_env = match std::env::var("LOG_LEVEL").as_deref() {
         Ok("verbose") | Ok("debug") => Some(tracing::Level::DEBUG),
         Ok("error") => Some(tracing::Level::ERROR),
         Ok("silent") => None,
-        _ => Some(tracing::Level::INFO),
+        _ if foreground => Some(tracing::Level::INFO),
+        _ => Some(tracing::Level::WARN),
     };
     let level = match verbose {
         0 => from_env,
