@@ -28,8 +28,9 @@
 //! ```
 //!
 //! Corewire runs in the foreground (`corewire -f IF`), so that a failing test
-//! prints the end of its log (`LOG_LEVEL=debug cargo test` for more); its
-//! daemonizing launch is covered where wg-quick is tested.
+//! prints the end of its log (`LOG_LEVEL=debug cargo test` for more), except
+//! the responder of `corewire_with_corewire`, which daemonizes as under
+//! wg-quick (`corewire IF`).
 //!
 //! Needs root and the tools scripts/test.sh installs; `COREWIRE_SKIP_NETNS=1`
 //! skips. Each test prints its duration and throughput (`-- --nocapture`).
@@ -94,12 +95,7 @@ impl End {
         })
     }
 
-    fn start(&self) -> WgDevice {
-        let launch = match self.imp {
-            // Foreground: our child, with its log kept if the test fails.
-            WgImpl::Corewire => Launch::Foreground,
-            other => other.default_launch(),
-        };
+    fn start(&self, launch: Launch) -> WgDevice {
         self.imp.start_with(&self.ns, &self.ifname, launch)
     }
 }
@@ -174,7 +170,7 @@ fn check_handshake(end: &End, peer: &WgPeerDump) {
 
 /// One case: `initiator` and `responder` are corewire and `other` in either
 /// order; the initiator's endpoint uses the `outer` family.
-fn case(test: &str, other: WgImpl, corewire_initiates: bool, outer: Outer) {
+fn case(test: &str, other: WgImpl, corewire_initiates: bool, outer: Outer, daemon_b: bool) {
     if !netns::enabled(test) {
         return;
     }
@@ -205,8 +201,15 @@ fn case(test: &str, other: WgImpl, corewire_initiates: bool, outer: Outer) {
         &["10.99.0.1/24", "fd00::1/64"],
         &["10.99.0.2/24", "fd00::2/64"],
     );
-    let dev_a = a.start();
-    let dev_b = b.start();
+    // Corewire A in the foreground: our child, with its log kept if the test
+    // fails. B as its tests usually start it; a corewire B daemonizes as
+    // under wg-quick (`corewire IF`), in one case.
+    let dev_a = a.start(Launch::Foreground);
+    let dev_b = b.start(match other {
+        WgImpl::Corewire if daemon_b => Launch::Daemon,
+        WgImpl::Corewire => Launch::Foreground,
+        _ => other.default_launch(),
+    });
     let (ini, res) = if corewire_initiates {
         (&a, &b)
     } else {
@@ -321,6 +324,7 @@ fn corewire_initiates_to_wireguard_go_over_ipv6() {
         WgImpl::WireguardGo,
         true,
         Outer::V6,
+        false,
     );
 }
 
@@ -331,6 +335,7 @@ fn wireguard_go_initiates_to_corewire_over_ipv6() {
         WgImpl::WireguardGo,
         false,
         Outer::V6,
+        false,
     );
 }
 
@@ -341,6 +346,7 @@ fn corewire_initiates_to_boringtun() {
         WgImpl::Boringtun,
         true,
         Outer::V4,
+        false,
     );
 }
 
@@ -351,6 +357,7 @@ fn boringtun_initiates_to_corewire() {
         WgImpl::Boringtun,
         false,
         Outer::V4,
+        false,
     );
 }
 
@@ -361,6 +368,7 @@ fn corewire_initiates_to_gotatun() {
         WgImpl::Gotatun,
         true,
         Outer::V4,
+        false,
     );
 }
 
@@ -371,14 +379,22 @@ fn gotatun_initiates_to_corewire() {
         WgImpl::Gotatun,
         false,
         Outer::V4,
+        false,
     );
 }
 
 /// Corewire with itself: the two roles are the same program, so the second
-/// case changes the outer family instead.
+/// case changes the outer family instead. Here the responder daemonizes
+/// (`corewire IF`, as wg-quick starts it).
 #[test]
 fn corewire_with_corewire() {
-    case("corewire_with_corewire", WgImpl::Corewire, true, Outer::V4);
+    case(
+        "corewire_with_corewire",
+        WgImpl::Corewire,
+        true,
+        Outer::V4,
+        true,
+    );
 }
 
 #[test]
@@ -388,5 +404,6 @@ fn corewire_with_corewire_over_ipv6() {
         WgImpl::Corewire,
         false,
         Outer::V6,
+        false,
     );
 }

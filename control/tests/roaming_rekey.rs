@@ -5,8 +5,12 @@
 //! subnet, as after a DHCP change). iperf3 TCP and a fast ping keep running
 //! across the change; the hub learns the new endpoint from the spoke's next
 //! authenticated packet (`wg show` follows it) and reaches the spoke there.
-//! Hub corewire with spoke wireguard-go and spoke corewire (over IPv6), and
-//! spoke corewire with a wireguard-go hub.
+//! Hub corewire with spoke wireguard-go (which also changes its port, see
+//! [`Move`]) and with spoke corewire (over IPv6; and over IPv4 with a new
+//! port), and spoke corewire with a wireguard-go hub. One more test holds
+//! the spoke on a source address inside the tunnel for a second (as Linux
+//! briefly does while a new IPv6 address is tentative): the hub must not
+//! loop its own datagrams through its TUN, and must recover.
 //!
 //! Rekeying: a ping every 0.2 s for 140 s spans REKEY_AFTER_TIME (120 s),
 //! with the protocol's own timers (no knob shortens them). The initiator of
@@ -513,6 +517,96 @@ fn roaming_corewire_spoke_to_wireguard_go_hub() {
         Outer::V4,
         Move::Address,
     );
+}
+
+/// While a new IPv6 address is still tentative, Linux may already route
+/// through its prefix and pick the source from another interface: here the
+/// spoke's own tunnel address, fd01::2 (seen on this machine with a plain
+/// UDP sender: ~1 datagram per address change). The hub then receives an
+/// authenticated packet from [fd01::2]:51821 and roams there, so its replies
+/// are routed into its own TUN. The kernel drops such a send (-ELOOP,
+/// "Avoiding routing loop" in drivers/net/wireguard/socket.c), and the next
+/// packet from the spoke's real address moves the endpoint back. This test
+/// makes that transient last ~1 s (old address gone, a host route to the hub
+/// on the veth, no global address there), then gives the spoke its new
+/// address: both sides must end up on the veth addresses again and the
+/// tunnel must carry traffic.
+#[test]
+fn roaming_through_a_tunnel_source_address_does_not_loop() {
+    /// Bytes the hub may send in the transient second (legitimate: ~3 KB).
+    const LOOP_BUDGET: u64 = 32 * 1024;
+    const TEST: &str = "roaming_through_a_tunnel_source_address_does_not_loop";
+    if !netns::enabled(TEST) {
+        return;
+    }
+    let timed = Timed::new(TEST);
+    let mut pair = Pair::new(WgImpl::Corewire, WgImpl::Corewire);
+    let hub_endpoint = socket_addr("fd00::1", HUB_PORT);
+    pair.configure(Some(&hub_endpoint), None);
+    assert_ping(&pair.spoke, "fd01::1", 3, PING_TIMEOUT);
+    let dev = pair.veth.name_b().to_owned();
+
+    // Background traffic from the spoke (the hub answers every request).
+    let mut ping = pair.spoke.spawn(
+        "ping",
+        &["-n", "-q", "-i", "0.05", "-c", "100", "-w", "8", "fd01::1"],
+        &[],
+    );
+    sleep(Duration::from_millis(500));
+    let hub_before = pair.hub_peer();
+    pair.spoke
+        .ip_ok(&["addr", "del", "fd00::2/64", "dev", &dev]);
+    pair.spoke
+        .ip_ok(&["-6", "route", "add", "fd00::1/128", "dev", &dev]);
+    let source = pair
+        .spoke
+        .ip_ok(&["-6", "route", "get", "fd00::1"])
+        .trim()
+        .to_owned();
+    sleep(Duration::from_secs(1));
+    let hub_during = pair.hub_peer();
+    let during = hub_during.endpoint.clone();
+    let looped = hub_during.tx_bytes - hub_before.tx_bytes;
+    pair.spoke
+        .ip_ok(&["-6", "route", "del", "fd00::1/128", "dev", &dev]);
+    pair.spoke
+        .ip_ok(&["addr", "add", "fd00::3/64", "dev", &dev, "nodad"]);
+
+    let want_hub = socket_addr("fd00::3", SPOKE_PORT);
+    let (mut hub_view, mut spoke_view) = (None, None);
+    let healed = netns::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        hub_view = pair.hub_peer().endpoint;
+        spoke_view = pair.spoke_peer().endpoint;
+        hub_view.as_deref() == Some(want_hub.as_str())
+            && spoke_view.as_deref() == Some(hub_endpoint.as_str())
+    });
+    let diag = pair.diagnostics();
+    let _ = ping.wait_exit(Duration::from_secs(10));
+    assert!(
+        healed,
+        "after the spoke's transient source (`ip route get fd00::1`: {source}; hub's endpoint \
+         for the spoke meanwhile: {during:?}) the endpoints did not return to the veth: hub \
+         has {hub_view:?} (want {want_hub}), spoke has {spoke_view:?} (want {hub_endpoint}); \
+         an endpoint inside the tunnel routes corewire's own datagrams into its TUN\n{diag}"
+    );
+    // Legitimate traffic in that second: ~20 encrypted replies of ~130
+    // bytes. A hub that loops re-encrypts each of its own datagrams,
+    // growing by 80 bytes per turn, until it passes the MTU: ~12 KB each.
+    assert!(
+        looped <= LOOP_BUDGET,
+        "the hub sent {looped} bytes to the spoke in the ~1 s its endpoint was \
+         {during:?} (inside the tunnel; legitimate traffic is ~3 KB): its own datagrams \
+         came back through its TUN and were encrypted again (a routing loop; the kernel \
+         refuses such a send with -ELOOP)\n{diag}"
+    );
+    assert_ping(&pair.spoke, "fd01::1", 3, PING_TIMEOUT);
+    assert_ping(&pair.hub, "10.0.0.2", 3, PING_TIMEOUT);
+    eprintln!(
+        "[netns] {TEST}: spoke sent from {source}; hub's endpoint meanwhile {during:?}, then \
+         {want_hub}; hub sent {looped} bytes to the spoke in that second; {:.1} s",
+        timed.elapsed().as_secs_f64()
+    );
+    pair.stop();
 }
 
 // --- Rekeying ----------------------------------------------------------------

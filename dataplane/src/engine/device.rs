@@ -195,6 +195,7 @@ fn fds(udp: &UdpGroup, worker: usize, gen: u32) -> UdpFds {
     UdpFds {
         v4: udp.v4_fds()[worker].as_raw_fd(),
         v6: udp.v6_fds().get(worker).map(|f| f.as_raw_fd()),
+        port: udp.port(),
         gen,
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::pool::{Buf, BUF_SIZE};
+use super::pool::{Buf, Packet, BUF_SIZE};
 use super::udp::SockAddrBuf;
 use crate::proto::messages::TAILROOM;
 
@@ -38,6 +38,8 @@ pub enum OpKind {
     TunWrite,
     /// Sending a datagram.
     UdpSend,
+    /// Sending several equal-size datagrams as one UDP GSO send.
+    UdpSendGso,
     /// Reading the worker's eventfd (cross-worker wake-up).
     Wake,
     /// The timer tick.
@@ -52,13 +54,26 @@ struct Meta {
     addr: SockAddrBuf,
     ts: types::Timespec,
     counter: u64,
+    /// One iovec per segment of a GSO send.
+    iovs: [libc::iovec; MAX_SEGMENTS],
+    /// Control message space (u64 for alignment): the UDP_SEGMENT cmsg.
+    cmsg: [u64; 4],
 }
 
 struct Slot {
     kind: OpKind,
     buf: Option<Buf>,
+    /// The buffers of a GSO send, one per segment; recycled on completion
+    /// (the Vec keeps its capacity, so steady state allocates nothing).
+    bufs: Vec<Buf>,
     meta: Box<Meta>,
 }
+
+/// Most segments in one UDP GSO send (the kernel's UDP_MAX_SEGMENTS).
+pub const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one UDP GSO send: the UDP payload limit over IPv6 minus
+/// slack, which also keeps it under IPv4's.
+pub const MAX_GSO_BYTES: usize = 65000;
 
 /// A finished operation.
 #[derive(Debug)]
@@ -99,13 +114,15 @@ pub enum OpError {
 fn new_meta() -> Box<Meta> {
     // SAFETY: msghdr and iovec are plain old data for which all-zero bytes
     // are a valid value (null pointers, zero lengths).
-    let (hdr, iov) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let (hdr, iov, iovs) = unsafe { (std::mem::zeroed(), std::mem::zeroed(), std::mem::zeroed()) };
     Box::new(Meta {
         hdr,
         iov,
         addr: SockAddrBuf::new(),
         ts: types::Timespec::new(),
         counter: 0,
+        iovs,
+        cmsg: [0; 4],
     })
 }
 
@@ -117,6 +134,7 @@ impl Ops {
                 .map(|_| Slot {
                     kind: OpKind::Free,
                     buf: None,
+                    bufs: Vec::new(),
                     meta: new_meta(),
                 })
                 .collect(),
@@ -124,11 +142,20 @@ impl Ops {
         }
     }
 
-    /// Completes slot `user_data` with `result`, freeing it.
-    pub fn complete(&mut self, user_data: u64, result: i32) -> Option<Done> {
+    /// Completes slot `user_data` with `result`, freeing it; the buffers
+    /// of a GSO send go to `recycle`.
+    pub fn complete(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        mut recycle: impl FnMut(Buf),
+    ) -> Option<Done> {
         let slot = self.slots.get_mut(usize::try_from(user_data).ok()?)?;
         if slot.kind == OpKind::Free {
             return None;
+        }
+        for b in slot.bufs.drain(..) {
+            recycle(b);
         }
         let kind = std::mem::replace(&mut slot.kind, OpKind::Free);
         let from = match kind {
@@ -244,6 +271,46 @@ impl Ops {
         .map_err(with_buf)
     }
 
+    /// Queues the packets of `pkts` (drained on success) as one UDP GSO send
+    /// to `dst`: the kernel cuts the concatenation into datagrams of
+    /// `segment` bytes (the last may be shorter). One iovec per packet, so
+    /// nothing is copied. The caller keeps the count within
+    /// [`MAX_SEGMENTS`] and the bytes within [`MAX_GSO_BYTES`].
+    pub fn udp_send_gso(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        pkts: &mut Vec<Packet>,
+        segment: u16,
+        dst: SocketAddr,
+    ) -> Result<(), OpError> {
+        debug_assert!(pkts.len() <= MAX_SEGMENTS);
+        let Some(id) = self.free.pop() else {
+            return Err(OpError::Full);
+        };
+        let slot = &mut self.slots[id as usize];
+        let m = &mut *slot.meta;
+        let n = pkts.len().min(MAX_SEGMENTS);
+        for (iov, pkt) in m.iovs.iter_mut().zip(pkts.drain(..n)) {
+            let (start, len) = (pkt.start(), pkt.len());
+            let mut buf = pkt.into_inner();
+            iov.iov_base = buf[start..].as_mut_ptr().cast();
+            iov.iov_len = len;
+            slot.bufs.push(buf);
+        }
+        m.addr = SockAddrBuf::from_socket_addr(dst);
+        let namelen = m.addr.addr_len();
+        m.hdr = msghdr_for(&mut m.iovs[0], &mut m.addr, namelen);
+        m.hdr.msg_iovlen = n;
+        set_udp_segment(&mut m.hdr, &mut m.cmsg, segment);
+        slot.kind = OpKind::UdpSendGso;
+        let entry = opcode::SendMsg::new(types::Fd(fd), &m.hdr)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
+    }
+
     /// Queues a read of the worker's eventfd.
     pub fn wake_read(&mut self, ring: &mut IoUring, fd: RawFd) -> Result<(), OpError> {
         self.start(ring, OpKind::Wake, None, |m, _| {
@@ -267,6 +334,23 @@ impl Ops {
 /// The buffer-carrying form of a start error (every buffer op passes one).
 fn with_buf((e, buf): (OpError, Option<Buf>)) -> (OpError, Buf) {
     (e, buf.unwrap_or_default())
+}
+
+/// Attaches a `UDP_SEGMENT` control message with `segment` to `hdr`.
+fn set_udp_segment(hdr: &mut libc::msghdr, space: &mut [u64; 4], segment: u16) {
+    *space = [0; 4];
+    // SAFETY: CMSG_* only compute sizes and offsets; the control buffer is
+    // 32 bytes, more than CMSG_SPACE(2) (24 on 64-bit Linux), and aligned
+    // for cmsghdr by being made of u64s.
+    unsafe {
+        hdr.msg_control = space.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(hdr);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+    }
 }
 
 /// Pushes an entry, submitting first if the submission queue is full.

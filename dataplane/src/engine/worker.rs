@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use io_uring::IoUring;
 
 use super::config::{Change, PeerConfig, PeerStats};
-use super::ops::{OpKind, Ops};
+use super::ops::{OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS};
 use super::pool::{Packet, Pool, BUF_SIZE};
 use crate::proto::allowedips::AllowedIps;
 use crate::proto::interface::{Interface, Received};
@@ -56,6 +56,8 @@ pub struct UdpFds {
     pub v4: RawFd,
     /// IPv6 socket, if the host has IPv6.
     pub v6: Option<RawFd>,
+    /// The port they are bound to.
+    pub port: u16,
     /// Generation: bumped when the listen port changes.
     pub gen: u32,
 }
@@ -130,6 +132,9 @@ pub struct Counters {
     pub backpressure: u64,
     /// Staged packets dropped (queue full, or handshake given up).
     pub staged_dropped: u64,
+    /// Our own datagrams that came back through the TUN (an endpoint routed
+    /// into the tunnel).
+    pub routing_loop: u64,
 }
 
 /// Which worker owns the peer with `key`: public keys are uniformly
@@ -156,6 +161,33 @@ fn receiver_index(data: &[u8]) -> Option<u32> {
     };
     let b = data.get(at..at + 4)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Whether `packet` is a UDP datagram sent from our listen `port`: our own
+/// encrypted traffic, routed back into our TUN because a peer's endpoint
+/// lies inside the tunnel. Sealing it again would loop (each turn 80 bytes
+/// longer) and can drag the peer's endpoint into the tunnel too, so it is
+/// dropped, as the kernel refuses such sends with ELOOP; the next packet
+/// from the peer's real address moves its endpoint back.
+fn is_own_datagram(packet: &[u8], port: u16) -> bool {
+    let (proto, l4) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let frag_offset = packet
+                .get(6..8)
+                .map_or(1, |b| u16::from_be_bytes([b[0], b[1]]) & 0x1fff);
+            if frag_offset != 0 {
+                return false;
+            }
+            (packet.get(9).copied(), ihl)
+        }
+        Some(6) => (packet.get(6).copied(), 40),
+        _ => return false,
+    };
+    proto == Some(17)
+        && packet
+            .get(l4..l4 + 2)
+            .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) == port)
 }
 
 /// The destination address of an IP packet.
@@ -197,6 +229,10 @@ pub struct Worker {
     staged: HashMap<PeerId, VecDeque<Packet>>,
     batch: Vec<Packet>,
     batch_peer: Option<PeerId>,
+    /// Packets gathered for one GSO send (kept for its capacity).
+    gso_run: Vec<Packet>,
+    /// Whether UDP GSO is in use (switched off if the kernel refuses it).
+    gso: bool,
     completions: Vec<(u64, i32)>,
     tick_out: Vec<(PeerId, Option<SocketAddr>, crate::proto::peer::TickOutcome)>,
     counters: Counters,
@@ -237,6 +273,8 @@ impl Worker {
             staged: HashMap::new(),
             batch: Vec::with_capacity(MAX_BATCH),
             batch_peer: None,
+            gso_run: Vec::with_capacity(MAX_SEGMENTS),
+            gso: true,
             completions: Vec::with_capacity(4096),
             tick_out: Vec::new(),
             counters: Counters::default(),
@@ -304,7 +342,8 @@ impl Worker {
     }
 
     fn on_completion(&mut self, user_data: u64, result: i32) {
-        let Some(done) = self.ops.complete(user_data, result) else {
+        let pool = &mut self.pool;
+        let Some(done) = self.ops.complete(user_data, result, |b| pool.put(b)) else {
             return;
         };
         let result = done.result;
@@ -346,6 +385,15 @@ impl Worker {
             OpKind::TunWrite | OpKind::UdpSend => {
                 if let Some(buf) = done.buf {
                     self.pool.put(buf);
+                }
+            }
+            OpKind::UdpSendGso => {
+                // EIO: the kernel or the egress device cannot segment. Those
+                // packets are lost (TCP resends them); later batches go out
+                // one datagram per send.
+                if result == -libc::EIO && self.gso {
+                    tracing::warn!("UDP GSO refused by the kernel; sending without it");
+                    self.gso = false;
                 }
             }
             OpKind::Wake => {
@@ -405,6 +453,17 @@ impl Worker {
     }
 
     fn on_tun_packet(&mut self, pkt: Packet) {
+        if is_own_datagram(pkt.data(), self.udp.port) {
+            self.counters.routing_loop += 1;
+            if self.counters.routing_loop.is_power_of_two() {
+                tracing::debug!(
+                    count = self.counters.routing_loop,
+                    "dropped our own datagram from the TUN: a peer's endpoint routes into the tunnel"
+                );
+            }
+            self.pool.put(pkt.into_inner());
+            return;
+        }
         let Some(dst) = destination(pkt.data()) else {
             self.counters.no_route += 1;
             self.pool.put(pkt.into_inner());
@@ -456,14 +515,64 @@ impl Worker {
             self.send_control(endpoint, &h);
         }
         let mut batch = std::mem::take(&mut self.batch);
-        let mut rest = batch.drain(..);
-        for pkt in rest.by_ref().take(out.sealed) {
-            self.send_packet(endpoint, pkt);
-        }
-        for pkt in rest {
+        for pkt in batch.drain(out.sealed..) {
             self.stage(peer, pkt);
         }
+        self.send_sealed(endpoint, &mut batch);
         self.batch = batch;
+    }
+
+    /// Sends sealed packets for one endpoint, drained from `pkts`. Runs of
+    /// equal-size packets (a smaller one may end a run) leave as one UDP
+    /// GSO send each; everything else one datagram per send.
+    fn send_sealed(&mut self, endpoint: Option<SocketAddr>, pkts: &mut Vec<Packet>) {
+        let target = endpoint.and_then(|d| self.udp_fd(&d).map(|fd| (d, fd)));
+        let (Some((dst, fd)), true) = (target, self.gso && pkts.len() > 1) else {
+            for pkt in pkts.drain(..) {
+                self.send_packet(endpoint, pkt);
+            }
+            return;
+        };
+        let mut run = std::mem::take(&mut self.gso_run);
+        let mut bytes = 0;
+        for pkt in pkts.drain(..) {
+            let segment = run.first().map_or(0, Packet::len);
+            let fits = !run.is_empty()
+                && pkt.len() <= segment
+                && run.last().is_some_and(|l| l.len() == segment)
+                && run.len() < MAX_SEGMENTS
+                && bytes + pkt.len() <= MAX_GSO_BYTES;
+            if !fits && !run.is_empty() {
+                self.send_run(fd, dst, &mut run);
+                bytes = 0;
+            }
+            bytes += pkt.len();
+            run.push(pkt);
+        }
+        if !run.is_empty() {
+            self.send_run(fd, dst, &mut run);
+        }
+        self.gso_run = run;
+    }
+
+    fn send_run(&mut self, fd: RawFd, dst: SocketAddr, run: &mut Vec<Packet>) {
+        if run.len() == 1 {
+            if let Some(pkt) = run.pop() {
+                self.send_packet(Some(dst), pkt);
+            }
+            return;
+        }
+        let segment = run.first().map_or(0, Packet::len) as u16;
+        if self
+            .ops
+            .udp_send_gso(&mut self.ring, fd, run, segment, dst)
+            .is_err()
+        {
+            self.counters.backpressure += run.len() as u64;
+            for pkt in run.drain(..) {
+                self.pool.put(pkt.into_inner());
+            }
+        }
     }
 
     fn stage(&mut self, peer: PeerId, pkt: Packet) {
@@ -756,6 +865,28 @@ mod tests {
         m[0] = 1;
         assert_eq!(receiver_index(&m), None);
         assert_eq!(receiver_index(&[4, 0]), None);
+    }
+
+    #[test]
+    fn own_datagrams_are_recognised() {
+        let mut v4 = [0u8; 28];
+        v4[0] = 0x45;
+        v4[9] = 17;
+        v4[20..22].copy_from_slice(&51820u16.to_be_bytes());
+        assert!(is_own_datagram(&v4, 51820));
+        assert!(!is_own_datagram(&v4, 51821));
+        v4[9] = 6; // TCP from that port is not ours
+        assert!(!is_own_datagram(&v4, 51820));
+        v4[9] = 17;
+        v4[7] = 1; // a later fragment has no UDP header
+        assert!(!is_own_datagram(&v4, 51820));
+        let mut v6 = [0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        v6[40..42].copy_from_slice(&51820u16.to_be_bytes());
+        assert!(is_own_datagram(&v6, 51820));
+        assert!(!is_own_datagram(&v6[..41], 51820));
+        assert!(!is_own_datagram(&[], 51820));
     }
 
     #[test]
