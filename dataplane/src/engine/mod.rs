@@ -5,6 +5,7 @@
 pub mod config;
 pub mod device;
 pub mod netlink;
+pub mod offload;
 mod ops;
 pub mod pool;
 mod sys;
