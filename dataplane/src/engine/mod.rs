@@ -2,6 +2,7 @@
 //! device and UDP sockets through io_uring, each owning a shard of the
 //! peers. [`config`] is the contract with the control plane.
 
+mod bufring;
 pub mod config;
 pub mod device;
 pub mod netlink;

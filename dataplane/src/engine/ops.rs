@@ -13,27 +13,23 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::pool::{Buf, Packet, BUF_SIZE};
+use super::pool::{Buf, Packet};
 use super::udp::SockAddrBuf;
-use crate::proto::messages::TAILROOM;
 
 /// What a slot's operation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
     /// Not in use.
     Free,
-    /// Reading a packet from a TUN queue into the buffer at `offset`.
-    TunRead {
-        /// Where in the buffer the packet starts.
-        offset: usize,
-    },
-    /// Receiving a datagram on a UDP socket of socket generation `gen`.
-    UdpRecv {
+    /// Multishot receive on a UDP socket into provided buffers.
+    UdpRecvMulti {
         /// The socket's file descriptor.
         fd: RawFd,
-        /// Which socket set it belongs to (a listen-port change bumps it).
+        /// Which socket set it belongs to.
         gen: u32,
     },
+    /// Multishot read of a TUN queue into provided buffers.
+    TunReadMulti,
     /// Writing a packet to the TUN queue.
     TunWrite,
     /// Sending a datagram.
@@ -80,12 +76,32 @@ pub const MAX_GSO_BYTES: usize = 65000;
 pub struct Done {
     /// What it was.
     pub kind: OpKind,
-    /// The kernel's result (bytes, or a negative errno).
-    pub result: i32,
     /// Its buffer, if it had one.
     pub buf: Option<Buf>,
-    /// The peer address of a received datagram.
-    pub from: Option<SocketAddr>,
+    /// The provided buffer the kernel filled (multishot operations).
+    pub bid: Option<u16>,
+    /// A multishot operation is still armed (more completions will come).
+    pub more: bool,
+}
+
+/// The `msghdr` layout of multishot UDP receives: the kernel writes an
+/// `io_uring_recvmsg_out` header, then `msg_namelen` bytes of source
+/// address, then the datagram, into each provided buffer.
+pub fn multishot_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain old data; zero is a valid value for every field.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_namelen = SockAddrBuf::CAPACITY;
+    hdr
+}
+
+/// The source address in a multishot receive's name field.
+pub fn source_address(name: &[u8], len: u32) -> Option<SocketAddr> {
+    let mut addr = SockAddrBuf::new();
+    let n = name.len().min(SockAddrBuf::CAPACITY as usize);
+    // SAFETY: copying at most CAPACITY bytes into the address storage.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), addr.as_mut_ptr().cast::<u8>(), n) };
+    addr.set_addr_len(len.min(n as u32));
+    addr.to_socket_addr()
 }
 
 /// The slot table plus the ring's submission side.
@@ -142,38 +158,39 @@ impl Ops {
         }
     }
 
-    /// Completes slot `user_data` with `result`, freeing it; the buffers
-    /// of a GSO send go to `recycle`.
+    /// Completes slot `user_data` given the completion `flags`; frees it unless it is a multishot operation that stays
+    /// armed. The buffers of a GSO send go to `recycle`.
     pub fn complete(
         &mut self,
         user_data: u64,
-        result: i32,
+        flags: u32,
         mut recycle: impl FnMut(Buf),
     ) -> Option<Done> {
         let slot = self.slots.get_mut(usize::try_from(user_data).ok()?)?;
         if slot.kind == OpKind::Free {
             return None;
         }
+        let bid = io_uring::cqueue::buffer_select(flags);
+        let multishot = matches!(
+            slot.kind,
+            OpKind::UdpRecvMulti { .. } | OpKind::TunReadMulti
+        );
+        let more = multishot && io_uring::cqueue::more(flags);
         for b in slot.bufs.drain(..) {
             recycle(b);
         }
-        let kind = std::mem::replace(&mut slot.kind, OpKind::Free);
-        let from = match kind {
-            OpKind::UdpRecv { .. } if result >= 0 => {
-                let len = slot.meta.hdr.msg_namelen;
-                slot.meta.addr.set_addr_len(len);
-                slot.meta.addr.to_socket_addr()
-            }
-            _ => None,
-        };
-        let done = Done {
+        let kind = slot.kind;
+        let buf = slot.buf.take();
+        if !more {
+            slot.kind = OpKind::Free;
+            self.free.push(user_data as u32);
+        }
+        Some(Done {
             kind,
-            result,
-            buf: slot.buf.take(),
-            from,
-        };
-        self.free.push(user_data as u32);
-        Some(done)
+            buf,
+            bid,
+            more,
+        })
     }
 
     /// Claims a slot for an operation of `kind` on `buf`, lets `build` make
@@ -199,39 +216,34 @@ impl Ops {
         Ok(())
     }
 
-    /// Queues a read of one packet from a TUN queue into `buf` at `offset`
-    /// (the room before it is for the transport header).
-    pub fn tun_read(
-        &mut self,
-        ring: &mut IoUring,
-        fd: RawFd,
-        buf: Buf,
-        offset: usize,
-    ) -> Result<(), (OpError, Buf)> {
-        let len = (BUF_SIZE - offset - TAILROOM) as u32;
-        self.start(ring, OpKind::TunRead { offset }, Some(buf), |_, buf| {
-            let ptr = buf.map_or(std::ptr::null_mut(), |b| b[offset..].as_mut_ptr());
-            opcode::Read::new(types::Fd(fd), ptr, len).build()
-        })
-        .map_err(with_buf)
-    }
-
-    /// Queues the receive of one datagram on `fd` into `buf`.
-    pub fn udp_recv(
+    /// Arms a multishot receive on `fd` into buffer group `group`.
+    pub fn udp_recv_multi(
         &mut self,
         ring: &mut IoUring,
         fd: RawFd,
         gen: u32,
-        buf: Buf,
-    ) -> Result<(), (OpError, Buf)> {
-        self.start(ring, OpKind::UdpRecv { fd, gen }, Some(buf), |m, buf| {
-            m.iov.iov_base = buf.map_or(std::ptr::null_mut(), |b| b.as_mut_ptr().cast());
-            m.iov.iov_len = BUF_SIZE;
-            m.addr = SockAddrBuf::new();
-            m.hdr = msghdr_for(&mut m.iov, &mut m.addr, SockAddrBuf::CAPACITY);
-            opcode::RecvMsg::new(types::Fd(fd), &mut m.hdr).build()
+        group: u16,
+    ) -> Result<(), OpError> {
+        self.start(ring, OpKind::UdpRecvMulti { fd, gen }, None, |m, _| {
+            m.hdr = multishot_msghdr();
+            opcode::RecvMsgMulti::new(types::Fd(fd), &m.hdr, group).build()
         })
-        .map_err(with_buf)
+        .map_err(|(e, _)| e)
+    }
+
+    /// Arms a multishot read of a TUN queue into buffer group `group`
+    /// (each read takes its length from the provided buffer: the kernel
+    /// requires the request's own length to be 0).
+    pub fn tun_read_multi(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        group: u16,
+    ) -> Result<(), OpError> {
+        self.start(ring, OpKind::TunReadMulti, None, |_, _| {
+            opcode::ReadMulti::new(types::Fd(fd), 0, group).build()
+        })
+        .map_err(|(e, _)| e)
     }
 
     /// Queues a write of `buf[start..start + len]` to a TUN queue.

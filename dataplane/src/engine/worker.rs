@@ -23,20 +23,25 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::IoUring;
 
+use super::bufring::BufRing;
 use super::config::{Change, PeerConfig, PeerStats};
-use super::ops::{OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS};
+use super::ops::{multishot_msghdr, source_address, OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS};
 use super::pool::{Packet, Pool, BUF_SIZE};
 use crate::proto::allowedips::AllowedIps;
 use crate::proto::interface::{Interface, Received};
 use crate::proto::keys::PublicKey;
-use crate::proto::messages::{ControlMsg, HEADROOM};
+use crate::proto::messages::{ControlMsg, HEADROOM, TAILROOM};
 use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
 
-/// TUN reads kept in flight.
-const TUN_READS: usize = 64;
-/// Receives kept in flight per UDP socket.
-const UDP_RECVS: usize = 64;
+/// Provided buffers for UDP receives (shared by the IPv4 and IPv6 socket):
+/// how many datagrams can wait between the kernel and the worker.
+const UDP_RING: u16 = 256;
+/// Provided buffers for TUN reads.
+const TUN_RING: u16 = 128;
+/// Buffer group ids of the two rings.
+const UDP_GROUP: u16 = 0;
+const TUN_GROUP: u16 = 1;
 /// Operation slots per worker: reads in flight plus room for a burst of
 /// sends and writes. When all are busy, new packets are dropped
 /// (back-pressure) instead of queueing without bound.
@@ -211,6 +216,8 @@ pub struct Worker {
     // touching slot memory before the slots are freed.
     ring: IoUring,
     ops: Ops,
+    udp_bufs: BufRing,
+    tun_bufs: BufRing,
     pool: Pool,
     id: u32,
     workers: u32,
@@ -233,7 +240,7 @@ pub struct Worker {
     gso_run: Vec<Packet>,
     /// Whether UDP GSO is in use (switched off if the kernel refuses it).
     gso: bool,
-    completions: Vec<(u64, i32)>,
+    completions: Vec<(u64, i32, u32)>,
     tick_out: Vec<(PeerId, Option<SocketAddr>, crate::proto::peer::TickOutcome)>,
     counters: Counters,
     now: Instant,
@@ -254,10 +261,17 @@ impl Worker {
     pub fn new(s: Setup) -> std::io::Result<Self> {
         let bits = worker_bits(s.workers);
         let (now, wall) = s.clock;
+        let ring = IoUring::new(2048)?;
+        let mut pool = Pool::new(0, 4 * SLOTS);
+        let udp_bufs = BufRing::new(&ring, UDP_GROUP, UDP_RING, 0, BUF_SIZE as u32, &mut pool)?;
+        let tun_len = (BUF_SIZE - HEADROOM - TAILROOM) as u32;
+        let tun_bufs = BufRing::new(&ring, TUN_GROUP, TUN_RING, HEADROOM, tun_len, &mut pool)?;
         Ok(Self {
-            ring: IoUring::new(2048)?,
+            ring,
             ops: Ops::new(SLOTS),
-            pool: Pool::new(TUN_READS + 2 * UDP_RECVS, 4 * SLOTS),
+            udp_bufs,
+            tun_bufs,
+            pool,
             id: s.id,
             workers: s.workers,
             mask: (1u32 << bits) - 1,
@@ -285,9 +299,7 @@ impl Worker {
 
     /// Runs until told to stop.
     pub fn run(mut self) -> std::io::Result<Counters> {
-        for _ in 0..TUN_READS {
-            self.arm_tun_read();
-        }
+        self.arm_tun_read();
         self.arm_udp(self.udp);
         if self.ops.wake_read(&mut self.ring, self.wake).is_err() {
             return Err(std::io::Error::other("no slot for the wake-up read"));
@@ -296,6 +308,9 @@ impl Worker {
             return Err(std::io::Error::other("no slot for the timer"));
         }
         while !self.stopping {
+            // Buffers lent back to the kernel during the last turn.
+            self.udp_bufs.publish();
+            self.tun_bufs.publish();
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -304,13 +319,16 @@ impl Worker {
             }
             self.now = Instant::now();
             self.completions.clear();
-            self.completions
-                .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             let mut i = 0;
             while i < self.completions.len() {
-                let (ud, res) = self.completions[i];
+                let (ud, res, flags) = self.completions[i];
                 i += 1;
-                self.on_completion(ud, res);
+                self.on_completion(ud, res, flags);
             }
             self.drain_inbox();
             self.flush_batch();
@@ -320,65 +338,77 @@ impl Worker {
     }
 
     fn arm_tun_read(&mut self) {
-        let buf = self.pool.get();
-        if let Err((_, buf)) = self.ops.tun_read(&mut self.ring, self.tun, buf, HEADROOM) {
-            self.pool.put(buf);
+        if self
+            .ops
+            .tun_read_multi(&mut self.ring, self.tun, TUN_GROUP)
+            .is_err()
+        {
+            tracing::error!("no operation slot to read the TUN queue");
         }
     }
 
     fn arm_udp(&mut self, udp: UdpFds) {
         for fd in std::iter::once(udp.v4).chain(udp.v6) {
-            for _ in 0..UDP_RECVS {
-                self.arm_udp_recv(fd, udp.gen);
-            }
+            self.arm_udp_recv(fd, udp.gen);
         }
     }
 
     fn arm_udp_recv(&mut self, fd: RawFd, gen: u32) {
-        let buf = self.pool.get();
-        if let Err((_, buf)) = self.ops.udp_recv(&mut self.ring, fd, gen, buf) {
-            self.pool.put(buf);
+        if self
+            .ops
+            .udp_recv_multi(&mut self.ring, fd, gen, UDP_GROUP)
+            .is_err()
+        {
+            tracing::error!("no operation slot to receive on a UDP socket");
         }
     }
 
-    fn on_completion(&mut self, user_data: u64, result: i32) {
+    fn on_completion(&mut self, user_data: u64, result: i32, flags: u32) {
         let pool = &mut self.pool;
-        let Some(done) = self.ops.complete(user_data, result, |b| pool.put(b)) else {
+        let Some(done) = self.ops.complete(user_data, flags, |b| pool.put(b)) else {
             return;
         };
-        let result = done.result;
+        // A multishot receive that ended is re-armed when it ran out of
+        // buffers or just finished; any other error would recur at once,
+        // so it is reported and that receive stays off.
+        let rearm = !done.more && !self.stopping && (result >= 0 || result == -libc::ENOBUFS);
+        if result < 0 && result != -libc::ENOBUFS && !done.more {
+            match done.kind {
+                // The device is gone; the control plane sees it on netlink.
+                OpKind::TunReadMulti if result == -libc::EBADFD => {}
+                OpKind::TunReadMulti | OpKind::UdpRecvMulti { .. } => {
+                    tracing::error!(kind = ?done.kind, errno = -result, "receive failed; not re-armed")
+                }
+                _ => {}
+            }
+        }
         match done.kind {
-            OpKind::TunRead { offset } => {
-                if let Some(buf) = done.buf {
+            OpKind::TunReadMulti => {
+                let buf = done.bid.and_then(|b| self.tun_bufs.take(b, &mut self.pool));
+                if let Some(buf) = buf {
                     match usize::try_from(result) {
                         Ok(n) if n > 0 => {
-                            if let Some(pkt) = PacketBuf::new(buf, offset, n) {
+                            if let Some(pkt) = PacketBuf::new(buf, HEADROOM, n) {
                                 self.on_tun_packet(pkt);
                             }
                         }
                         _ => self.pool.put(buf),
                     }
                 }
-                // EBADFD and friends mean the device is gone; the control
-                // plane sees that on netlink and stops us. Keep reading
-                // otherwise.
-                if result != -libc::EBADFD && !self.stopping {
+                if rearm {
                     self.arm_tun_read();
                 }
             }
-            OpKind::UdpRecv { fd, gen } => {
+            OpKind::UdpRecvMulti { fd, gen } => {
                 let current = gen == self.udp.gen;
-                if let Some(buf) = done.buf {
-                    match (usize::try_from(result), done.from) {
-                        (Ok(n), Some(from)) if current && n > 0 => {
-                            if let Some(pkt) = PacketBuf::new(buf, 0, n) {
-                                self.on_datagram(from, pkt);
-                            }
-                        }
+                let buf = done.bid.and_then(|b| self.udp_bufs.take(b, &mut self.pool));
+                if let Some(buf) = buf {
+                    match usize::try_from(result) {
+                        Ok(n) if current && n > 0 => self.on_received(buf, n),
                         _ => self.pool.put(buf),
                     }
                 }
-                if current && !self.stopping {
+                if rearm && current {
                     self.arm_udp_recv(fd, gen);
                 }
             }
@@ -409,6 +439,26 @@ impl Worker {
                 }
             }
             OpKind::Free => {}
+        }
+    }
+
+    /// A multishot receive filled `buf` with `n` bytes: the kernel's
+    /// header, the source address, then the datagram, which is handled in
+    /// place where it lies.
+    fn on_received(&mut self, buf: super::pool::Buf, n: usize) {
+        let hdr = multishot_msghdr();
+        let parsed = match io_uring::types::RecvMsgOut::parse(&buf[..n.min(buf.len())], &hdr) {
+            Ok(out) if !out.is_payload_truncated() && !out.is_name_data_truncated() => {
+                let from = source_address(out.name_data(), out.incoming_name_len());
+                let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
+                from.map(|f| (f, start, out.payload_data().len()))
+            }
+            _ => None,
+        };
+        match parsed.and_then(|(from, start, len)| Some((from, PacketBuf::new(buf, start, len)?))) {
+            Some((from, pkt)) if !pkt.is_empty() => self.on_datagram(from, pkt),
+            Some((_, pkt)) => self.pool.put(pkt.into_inner()),
+            None => *self.counters.dropped.entry("truncated").or_default() += 1,
         }
     }
 
@@ -835,7 +885,7 @@ fn drop_name(d: &crate::proto::interface::Drop) -> &'static str {
     }
 }
 
-const _: () = assert!(BUF_SIZE > 65535 + HEADROOM + crate::proto::messages::TAILROOM);
+const _: () = assert!(BUF_SIZE > 65535 + HEADROOM + TAILROOM);
 
 #[cfg(test)]
 mod tests {
