@@ -1,0 +1,132 @@
+//! Before anything is created: root, /dev/net/tun, and every tool the chosen
+//! implementations and cases need, found on disk. One message lists all that
+//! is missing and how to install it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use super::impls::Impl;
+use super::process::find_binary;
+
+/// Paths of the programs a run uses.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub ip: PathBuf,
+    pub wg: PathBuf,
+    pub iperf3: PathBuf,
+    pub wireguard_go: Option<PathBuf>,
+    pub boringtun: Option<PathBuf>,
+    pub gotatun: Option<PathBuf>,
+    pub corewire: Option<PathBuf>,
+}
+
+impl Tools {
+    /// The daemon binary of a tunnel implementation (None for `veth`).
+    pub fn binary(&self, imp: Impl) -> Option<&Path> {
+        match imp {
+            Impl::Corewire => self.corewire.as_deref(),
+            Impl::WireguardGo => self.wireguard_go.as_deref(),
+            Impl::Boringtun => self.boringtun.as_deref(),
+            Impl::Gotatun => self.gotatun.as_deref(),
+            Impl::Veth => None,
+        }
+    }
+}
+
+/// The workspace root this binary was built from (for `.tools/bin` and
+/// `target/release`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// Checks everything; `corewire` overrides where the corewire binary is.
+pub fn check(impls: &[Impl], corewire: Option<PathBuf>) -> Result<Tools> {
+    let mut problems: Vec<String> = Vec::new();
+    if effective_uid() != 0 {
+        problems.push(
+            "netbench must run as root: it creates network namespaces, veth links and TUN \
+             devices (run it from a root shell, or sudo the built target/release/netbench)"
+                .to_owned(),
+        );
+    }
+    let tunnels = impls.iter().any(|i| *i != Impl::Veth);
+    if tunnels && !Path::new("/dev/net/tun").exists() {
+        problems.push("no /dev/net/tun: the tunnel implementations need TUN devices".to_owned());
+    }
+    let root = workspace_root();
+    let tools_dir = root.join(".tools/bin");
+    let mut need = |file: &str, dirs: &[PathBuf], hint: &str| -> Option<PathBuf> {
+        let found = find_binary(file, dirs);
+        if found.is_none() {
+            problems.push(format!("`{file}` not found: {hint}"));
+        }
+        found
+    };
+    let ip = need("ip", &[], "apt-get install iproute2");
+    let wg = need("wg", &[], "apt-get install wireguard-tools");
+    let iperf3 = need("iperf3", &[], "apt-get install iperf3");
+    let uses = |i: Impl| impls.contains(&i);
+    let cargo_tools = "cargo install --root .tools --locked boringtun-cli gotatun-cli \
+                       (run in the workspace root; netbench looks in ./.tools/bin, then PATH)";
+    let wireguard_go = uses(Impl::WireguardGo)
+        .then(|| need("wireguard-go", &[], "apt-get install wireguard-go"))
+        .flatten();
+    let boringtun = uses(Impl::Boringtun)
+        .then(|| {
+            need(
+                "boringtun-cli",
+                std::slice::from_ref(&tools_dir),
+                cargo_tools,
+            )
+        })
+        .flatten();
+    let gotatun = uses(Impl::Gotatun)
+        .then(|| need("gotatun", std::slice::from_ref(&tools_dir), cargo_tools))
+        .flatten();
+    let corewire = if uses(Impl::Corewire) {
+        let candidate = corewire.unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            target.join("release/corewire")
+        });
+        if candidate.is_file() {
+            Some(candidate)
+        } else {
+            problems.push(format!(
+                "corewire not found at {}: build it with `cargo build --release -p corewire` \
+                 (or pass --corewire PATH)",
+                candidate.display()
+            ));
+            None
+        }
+    } else {
+        None
+    };
+    if !problems.is_empty() {
+        let apt = if problems.iter().any(|p| p.contains("apt-get")) {
+            "\n(all apt packages at once: apt-get install wireguard-tools iperf3 iproute2 wireguard-go)"
+        } else {
+            ""
+        };
+        bail!("cannot start:\n  - {}{apt}", problems.join("\n  - "));
+    }
+    match (ip, wg, iperf3) {
+        (Some(ip), Some(wg), Some(iperf3)) => Ok(Tools {
+            ip,
+            wg,
+            iperf3,
+            wireguard_go,
+            boringtun,
+            gotatun,
+            corewire,
+        }),
+        _ => bail!("cannot start: a required tool is missing"),
+    }
+}
