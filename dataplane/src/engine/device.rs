@@ -19,8 +19,9 @@ use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Counters, Mailbox, Msg, Setup, UdpFds, Worker};
 
-/// How long the control plane waits for every worker to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the control plane waits for every worker to report stats (a
+/// stats request changes nothing, so giving up on it is harmless).
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -218,8 +219,13 @@ impl Device for Engine {
         let changes = Arc::new(changes);
         let (ack_tx, ack_rx) = bounded(self.workers());
         self.broadcast(|| Msg::Apply(changes.clone(), ack_tx.clone()));
+        // Wait for every worker, however long a large change takes: once
+        // sent, the change will be applied, and answering an error then
+        // would leave the configuration and the workers disagreeing. Only a
+        // worker that is gone (its copy of the sender dropped) fails it.
+        drop(ack_tx);
         for _ in 0..self.workers() {
-            if ack_rx.recv_timeout(ANSWER_TIMEOUT).is_err() {
+            if ack_rx.recv().is_err() {
                 return Err(ApplyError::Io(libc::EIO));
             }
         }
@@ -231,7 +237,7 @@ impl Device for Engine {
         self.broadcast(|| Msg::Stats(tx.clone()));
         let mut peers = Vec::new();
         for _ in 0..self.workers() {
-            match rx.recv_timeout(ANSWER_TIMEOUT) {
+            match rx.recv_timeout(STATS_TIMEOUT) {
                 Ok(p) => peers.extend(p),
                 Err(_) => break,
             }

@@ -50,6 +50,8 @@ const SLOTS: usize = 1024;
 const MAX_BATCH: usize = 64;
 /// Packets held per peer while its handshake runs (as wireguard-go).
 const MAX_STAGED: usize = 128;
+/// Configuration changes applied per loop turn (see `apply_some`).
+const APPLY_CHUNK: usize = 4096;
 /// Timer resolution: WireGuard's shortest timer is REKEY_TIMEOUT (5 s), so
 /// a tenth of a second keeps every rule within its tolerance.
 const TICK: Duration = Duration::from_millis(100);
@@ -245,6 +247,8 @@ pub struct Worker {
     counters: Counters,
     now: Instant,
     stopping: bool,
+    /// Configuration change lists being applied: list, next index, ack.
+    applying: VecDeque<(Arc<Vec<Change>>, usize, Sender<()>)>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -294,6 +298,7 @@ impl Worker {
             counters: Counters::default(),
             now: Instant::now(),
             stopping: false,
+            applying: VecDeque::new(),
         })
     }
 
@@ -311,7 +316,10 @@ impl Worker {
             // Buffers lent back to the kernel during the last turn.
             self.udp_bufs.publish();
             self.tun_bufs.publish();
-            match self.ring.submit_and_wait(1) {
+            // With configuration left to apply, only look for completions
+            // (do not sleep), then apply the next chunk.
+            let wait = usize::from(self.applying.is_empty());
+            match self.ring.submit_and_wait(wait) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
@@ -332,6 +340,7 @@ impl Worker {
             }
             self.drain_inbox();
             self.flush_batch();
+            self.apply_some();
             self.send_wakes();
         }
         Ok(self.counters)
@@ -469,10 +478,8 @@ impl Worker {
                 Msg::Udp(from, pkt) => self.on_datagram(from, pkt),
                 Msg::Apply(changes, ack) => {
                     self.flush_batch();
-                    for c in changes.iter() {
-                        self.apply(c);
-                    }
-                    let _ = ack.send(());
+                    self.applying.push_back((changes, 0, ack));
+                    self.apply_some();
                 }
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.stats());
@@ -482,6 +489,31 @@ impl Worker {
                     self.arm_udp(udp);
                 }
                 Msg::Stop => self.stopping = true,
+            }
+        }
+    }
+
+    /// Applies at most [`APPLY_CHUNK`] pending configuration changes, so a
+    /// bulk load (a million peers) is spread over loop turns and packets
+    /// keep flowing meanwhile; acknowledges each change list when done.
+    fn apply_some(&mut self) {
+        let mut budget = APPLY_CHUNK;
+        while budget > 0 {
+            let Some((changes, next, _)) = self.applying.front_mut() else {
+                return;
+            };
+            let end = (*next + budget).min(changes.len());
+            let list = changes.clone();
+            let start = *next;
+            *next = end;
+            budget -= end - start;
+            for c in &list[start..end] {
+                self.apply(c);
+            }
+            if end == list.len() {
+                if let Some((_, _, ack)) = self.applying.pop_front() {
+                    let _ = ack.send(());
+                }
             }
         }
     }
