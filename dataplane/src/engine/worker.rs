@@ -343,6 +343,7 @@ impl Worker {
             self.apply_some();
             self.send_wakes();
         }
+        tracing::debug!(allocated = self.pool.allocated(), "buffers allocated over the run");
         Ok(self.counters)
     }
 
