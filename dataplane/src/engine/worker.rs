@@ -343,7 +343,10 @@ impl Worker {
             self.apply_some();
             self.send_wakes();
         }
-        tracing::debug!(allocated = self.pool.allocated(), "buffers allocated over the run");
+        tracing::debug!(
+            allocated = self.pool.allocated(),
+            "buffers allocated over the run"
+        );
         Ok(self.counters)
     }
 
