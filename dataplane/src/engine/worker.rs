@@ -232,8 +232,10 @@ pub struct Worker {
     to_wake: Vec<bool>,
     mtu: Arc<AtomicU32>,
     iface: Interface,
-    /// Destination prefix -> peer, for every peer of every worker (only
-    /// kept with more than one worker, to find a packet's owner).
+    /// Destination prefix -> peer for the peers of the other workers (only
+    /// with more than one worker): finds the owner of a TUN packet this
+    /// worker read for a peer it does not hold. Its own peers' prefixes are
+    /// in its shard, not here, so no prefix is stored twice per worker.
     routes: AllowedIps<PublicKey>,
     staged: HashMap<PeerId, VecDeque<Packet>>,
     batch: Vec<Packet>,
@@ -402,7 +404,7 @@ impl Worker {
                     match usize::try_from(result) {
                         Ok(n) if n > 0 => {
                             if let Some(pkt) = PacketBuf::new(buf, HEADROOM, n) {
-                                self.on_tun_packet(pkt);
+                                self.on_tun_packet(pkt, false);
                             }
                         }
                         _ => self.pool.put(buf),
@@ -478,7 +480,7 @@ impl Worker {
     fn drain_inbox(&mut self) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                Msg::Tun(pkt) => self.on_tun_packet(pkt),
+                Msg::Tun(pkt) => self.on_tun_packet(pkt, true),
                 Msg::Udp(from, pkt) => self.on_datagram(from, pkt),
                 Msg::Apply(changes, ack) => {
                     self.flush_batch();
@@ -538,7 +540,11 @@ impl Worker {
         }
     }
 
-    fn on_tun_packet(&mut self, pkt: Packet) {
+    /// A packet read from this worker's TUN queue (`handed` false) or
+    /// handed over by another worker (`handed` true: routed here only, never
+    /// passed on again, so workers that briefly disagree while a change is
+    /// being applied cannot bounce a packet between them).
+    fn on_tun_packet(&mut self, pkt: Packet, handed: bool) {
         if is_own_datagram(pkt.data(), self.udp.port) {
             self.counters.routing_loop += 1;
             if self.counters.routing_loop.is_power_of_two() {
@@ -555,23 +561,21 @@ impl Worker {
             self.pool.put(pkt.into_inner());
             return;
         };
-        if self.workers > 1 {
-            match self.routes.lookup(dst) {
-                Some(key) => {
+        // Longest match over this shard's peers and, with several workers,
+        // over the other workers' peers (a tie goes to this shard: the
+        // control plane never gives one prefix to two peers, so a tie is
+        // only a change still being applied).
+        let local = self.iface.route_with_len(dst);
+        if self.workers > 1 && !handed {
+            if let Some((key, len)) = self.routes.lookup_with_len(dst) {
+                if local.is_none_or(|(_, l)| len > l) {
                     let owner = owner_of_key(&key, self.workers);
-                    if owner != self.id {
-                        self.handoff(owner, Msg::Tun(pkt));
-                        return;
-                    }
-                }
-                None => {
-                    self.counters.no_route += 1;
-                    self.pool.put(pkt.into_inner());
+                    self.handoff(owner, Msg::Tun(pkt));
                     return;
                 }
             }
         }
-        let Some(peer) = self.iface.route(dst) else {
+        let Some((peer, _)) = local else {
             self.counters.no_route += 1;
             self.pool.put(pkt.into_inner());
             return;
@@ -846,13 +850,11 @@ impl Worker {
 
     fn apply_peer(&mut self, cfg: &PeerConfig) {
         let key = cfg.public_key;
-        if self.workers > 1 {
+        if owner_of_key(&key, self.workers) != self.id {
             self.routes.remove_value(key);
             for &(addr, cidr) in &cfg.allowed_ips {
                 let _ = self.routes.insert(addr, cidr, key);
             }
-        }
-        if owner_of_key(&key, self.workers) != self.id {
             return;
         }
         let Ok(id) = self.iface.add_peer(key) else {

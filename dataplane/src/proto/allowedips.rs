@@ -257,6 +257,11 @@ impl<K: PrefixKey, T: Copy> FamilyTable<K, T> {
     /// Longest-prefix match; probes only the lengths in use.
     #[inline]
     fn lookup(&self, raw: K::Raw) -> Option<T> {
+        self.lookup_len(raw).map(|(v, _)| v)
+    }
+
+    /// The longest match and its prefix length.
+    fn lookup_len(&self, raw: K::Raw) -> Option<(T, u8)> {
         for word in (0..self.present.len()).rev() {
             let mut bits = self.present[word];
             while bits != 0 {
@@ -265,7 +270,7 @@ impl<K: PrefixKey, T: Copy> FamilyTable<K, T> {
                 let cidr = word * 64 + bit as usize;
                 // `present` only has bits up to K::BITS, so `cidr` fits in u8.
                 if let Some(hit) = self.maps[cidr].get(&K::masked(raw, cidr as u8)) {
-                    return Some(hit.value);
+                    return Some((hit.value, cidr as u8));
                 }
             }
         }
@@ -398,6 +403,15 @@ impl<T: Copy + Eq + Hash> AllowedIps<T> {
         match addr {
             IpAddr::V4(a) => self.lookup_v4(u32::from(a)),
             IpAddr::V6(a) => self.lookup_v6(u128::from(a)),
+        }
+    }
+
+    /// The owner of the longest prefix containing `addr`, with that
+    /// prefix's length (to compare matches from two tables).
+    pub fn lookup_with_len(&self, addr: IpAddr) -> Option<(T, u8)> {
+        match addr {
+            IpAddr::V4(a) => self.v4.lookup_len(u32::from(a)),
+            IpAddr::V6(a) => self.v6.lookup_len(u128::from(a)),
         }
     }
 
@@ -939,11 +953,15 @@ mod tests {
         }
 
         fn lookup(&self, a: IpAddr) -> Option<u32> {
+            self.lookup_with_len(a).map(|(v, _)| v)
+        }
+
+        fn lookup_with_len(&self, a: IpAddr) -> Option<(u32, u8)> {
             self.entries
                 .iter()
                 .filter(|e| contains(e.0, e.1, a))
                 .max_by_key(|e| e.1)
-                .map(|e| e.2)
+                .map(|e| (e.2, e.1))
         }
 
         fn prefixes_of(&self, v: u32) -> Vec<(IpAddr, u8)> {
@@ -1062,7 +1080,10 @@ mod tests {
                         }
                     }
                     Op::RemoveValue(v) => prop_assert_eq!(t.remove_value(v), m.remove_value(v)),
-                    Op::Lookup(a) => prop_assert_eq!(t.lookup(a), m.lookup(a)),
+                    Op::Lookup(a) => {
+                        prop_assert_eq!(t.lookup(a), m.lookup(a));
+                        prop_assert_eq!(t.lookup_with_len(a), m.lookup_with_len(a));
+                    }
                     Op::Clear => {
                         t.clear();
                         m.entries.clear();

@@ -306,6 +306,13 @@ impl Interface {
         self.allowed.lookup(dst)
     }
 
+    /// Like [`Self::route`], with the matching prefix's length, so that a
+    /// sharded engine can compare it with other shards' matches.
+    #[inline]
+    pub fn route_with_len(&self, dst: IpAddr) -> Option<(PeerId, u8)> {
+        self.allowed.lookup_with_len(dst)
+    }
+
     /// The engine's handshake queue is filling up: treat handshakes as
     /// under load for the next second.
     pub fn signal_load(&mut self, now: Instant) {
