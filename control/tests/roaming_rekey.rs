@@ -368,8 +368,19 @@ fn roaming(test: &str, hub_imp: WgImpl, spoke_imp: WgImpl, outer: Outer, how: Mo
     ];
     let (client, moved_at) = std::thread::scope(|s| {
         let spoke = &pair.spoke;
-        let client =
-            s.spawn(move || iperf3_client(spoke, "10.0.0.1", IPERF_PORT, ROAM_IPERF_SECONDS, &[]));
+        // A steady transfer, rate-limited so the pings measure the move and
+        // not congestion: a saturated tunnel overflows the receiving
+        // socket (wireguard-go keeps the default 212 KB buffer) and loses
+        // pings whatever the roaming does.
+        let client = s.spawn(move || {
+            iperf3_client(
+                spoke,
+                "10.0.0.1",
+                IPERF_PORT,
+                ROAM_IPERF_SECONDS,
+                &["-b", "100M"],
+            )
+        });
         let mut ping = spoke.spawn("ping", &ping_args, &[]);
         let start = Instant::now();
         sleep(ROAM_AFTER);
