@@ -40,8 +40,6 @@ pub struct Engine {
     threads: Vec<JoinHandle<std::io::Result<Counters>>>,
     udp: UdpGroup,
     gen: u32,
-    listen_port: u16,
-    fwmark: u32,
     mtu: Arc<AtomicU32>,
     tun: Tun,
 }
@@ -105,15 +103,12 @@ impl Engine {
                 })?;
             threads.push(t);
         }
-        let listen_port = udp.port();
         Ok(Self {
             mailboxes,
             wakes,
             threads,
             udp,
             gen: 0,
-            listen_port,
-            fwmark: 0,
             mtu,
             tun,
         })
@@ -149,11 +144,11 @@ impl Engine {
     }
 
     fn rebind(&mut self, port: u16) -> Result<(), ApplyError> {
-        if port != 0 && port == self.listen_port {
+        if port != 0 && port == self.udp.port() {
             return Ok(());
         }
         let n = self.workers();
-        let new = UdpGroup::bind(port, n, self.fwmark)?;
+        let new = UdpGroup::bind(port, n, self.udp.fwmark())?;
         self.gen += 1;
         for (i, mb) in self.mailboxes.iter().enumerate() {
             if mb.tx.send(Msg::Sockets(fds(&new, i, self.gen))).is_ok() {
@@ -167,7 +162,6 @@ impl Engine {
             // SAFETY: shutting down a socket we own and still hold open.
             unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        self.listen_port = self.udp.port();
         Ok(())
     }
 
@@ -211,7 +205,6 @@ impl Device for Engine {
                     self.udp
                         .set_fwmark(*m)
                         .map_err(|e| ApplyError::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
-                    self.fwmark = *m;
                 }
                 _ => {}
             }
@@ -243,7 +236,7 @@ impl Device for Engine {
             }
         }
         DeviceStats {
-            listen_port: self.listen_port,
+            listen_port: self.udp.port(),
             peers,
         }
     }
