@@ -185,6 +185,15 @@ fn tun_lifecycle() {
     assert!(shown.contains(&name), "{shown}");
     assert!(shown.contains("multi_queue"), "{shown}");
     assert!(shown.contains("tun"), "{shown}");
+    assert!(shown.contains("vnet_hdr on"), "{shown}");
+    // Linux 6.2+ takes checksum, TSO and USO offload.
+    assert_eq!(
+        tun.offload(),
+        corewire_dataplane::engine::tun::Offload {
+            tso: true,
+            uso: true
+        }
+    );
 
     assert_eq!(tun.mtu().unwrap(), DEFAULT_MTU);
     tun.set_mtu(1380).unwrap();

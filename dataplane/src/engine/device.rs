@@ -90,6 +90,7 @@ impl Engine {
                 inbox,
                 mailboxes: mailboxes.clone(),
                 mtu: mtu.clone(),
+                offload: tun.offload(),
                 clock,
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);

@@ -32,6 +32,8 @@ pub enum OpKind {
     TunReadMulti,
     /// Writing a packet to the TUN queue.
     TunWrite,
+    /// Writing several packets of one flow as one super-packet (GRO).
+    TunWriteGso,
     /// Sending a datagram.
     UdpSend,
     /// Sending several equal-size datagrams as one UDP GSO send.
@@ -50,7 +52,7 @@ struct Meta {
     addr: SockAddrBuf,
     ts: types::Timespec,
     counter: u64,
-    /// One iovec per segment of a GSO send.
+    /// One iovec per segment of a GSO send or a coalesced TUN write.
     iovs: [libc::iovec; MAX_SEGMENTS],
     /// Control message space (u64 for alignment): the UDP_SEGMENT cmsg.
     cmsg: [u64; 4],
@@ -260,6 +262,44 @@ impl Ops {
             opcode::Write::new(types::Fd(fd), ptr, len as u32).build()
         })
         .map_err(with_buf)
+    }
+
+    /// Queues one TUN write of the super-packet made of `parts`, each
+    /// `(buffer, start, len)`, in order: the first carries the virtio-net
+    /// header and the super-packet's headers, the others only payload. One
+    /// iovec per part, so no payload is copied. On error (no free slot) the
+    /// buffers go to `recycle`.
+    pub fn tun_writev(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        parts: impl Iterator<Item = (Buf, usize, usize)>,
+        mut recycle: impl FnMut(Buf),
+    ) -> Result<(), OpError> {
+        let Some(id) = self.free.pop() else {
+            parts.for_each(|(b, _, _)| recycle(b));
+            return Err(OpError::Full);
+        };
+        let slot = &mut self.slots[id as usize];
+        let m = &mut *slot.meta;
+        let mut n = 0;
+        for (mut buf, start, len) in parts {
+            match m.iovs.get_mut(n) {
+                Some(iov) if start + len <= buf.len() => {
+                    iov.iov_base = buf[start..].as_mut_ptr().cast();
+                    iov.iov_len = len;
+                    slot.bufs.push(buf);
+                    n += 1;
+                }
+                _ => recycle(buf),
+            }
+        }
+        slot.kind = OpKind::TunWriteGso;
+        let entry = opcode::Writev::new(types::Fd(fd), m.iovs.as_ptr(), n as u32)
+            .build()
+            .user_data(u64::from(id));
+        push(ring, &entry);
+        Ok(())
     }
 
     /// Queues the send of `buf[start..start + len]` to `dst` on `fd`.

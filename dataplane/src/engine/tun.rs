@@ -24,9 +24,16 @@
 //! - `ip link del` removes the device even while queues are open; the queue
 //!   fds stay valid but reads and writes on them fail with EBADFD. The daemon
 //!   learns about it from [`netlink::LinkMonitor`](super::netlink::LinkMonitor).
+//! - Every queue is opened with `IFF_VNET_HDR` (the kernel requires all
+//!   queues of a device to agree), so every read and write starts with a
+//!   10-byte virtio-net header, and `TUNSETOFFLOAD` asks for checksum, TSO
+//!   and USO offload: reads then return up to 64 KiB super-packets, which
+//!   the workers split ([`offload`](super::offload)). A kernel without USO
+//!   (before 6.2) refuses those flags with EINVAL and gets the set without
+//!   them; [`Tun::offload`] says what was accepted.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use super::sys;
 
@@ -44,7 +51,19 @@ pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 /// `IFF_VNET_HDR`) is one more bit here; the kernel requires the
 /// multi-queue bit to match on every queue and takes the feature bits from
 /// the queues as they attach, so all queues must share one flag set.
-const QUEUE_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+const QUEUE_FLAGS: libc::c_int =
+    libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR;
+
+/// What the kernel hands a TUN opened by [`Tun::create`] and what it
+/// accepts back: which `TUNSETOFFLOAD` flags it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// TCP segmentation offload (reads may be TCP super-packets; writes may
+    /// be coalesced TCP super-packets).
+    pub tso: bool,
+    /// UDP segmentation offload (Linux 6.2+): the same for UDP.
+    pub uso: bool,
+}
 
 /// Why a TUN device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +110,7 @@ pub struct Tun {
     name: String,
     ifindex: u32,
     queues: Vec<OwnedFd>,
+    offload: Offload,
     /// An `AF_INET` datagram socket: the handle `SIOC*IF*` ioctls go through.
     ctl: OwnedFd,
 }
@@ -126,10 +146,12 @@ impl Tun {
             .map_err(|e| io_err("socket(AF_INET)", e))?;
         let ifindex = sys::if_nametoindex(name)
             .ok_or_else(|| io_err("if_nametoindex", io::Error::last_os_error()))?;
+        let offload = set_offload(&fds[0]).map_err(|e| io_err("TUNSETOFFLOAD", e))?;
         let tun = Tun {
             name: name.to_owned(),
             ifindex,
             queues: fds,
+            offload,
             ctl,
         };
         tun.set_mtu(DEFAULT_MTU)
@@ -142,6 +164,11 @@ impl Tun {
     /// keeps the interface alive after `Tun` is dropped).
     pub fn queue_fds(&self) -> &[OwnedFd] {
         &self.queues
+    }
+
+    /// The offloads the kernel accepted (the same for every queue).
+    pub fn offload(&self) -> Offload {
+        self.offload
     }
 
     /// The interface name.
@@ -213,6 +240,37 @@ fn validate_name(name: &str) -> Result<(), TunError> {
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// Turns on checksum, TSO and (where the kernel has it) USO offload. The
+/// setting belongs to the device, so one queue's fd is enough.
+fn set_offload(queue: &OwnedFd) -> io::Result<Offload> {
+    use super::offload::{TUN_OFFLOADS, TUN_OFFLOADS_NO_USO};
+    let set = |flags: libc::c_uint| {
+        // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument
+        // itself; no memory is passed.
+        sys::cvt(unsafe {
+            libc::ioctl(
+                queue.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        })
+    };
+    match set(TUN_OFFLOADS) {
+        Ok(_) => Ok(Offload {
+            tso: true,
+            uso: true,
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            set(TUN_OFFLOADS_NO_USO)?;
+            Ok(Offload {
+                tso: true,
+                uso: false,
+            })
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -25,8 +25,10 @@ use io_uring::IoUring;
 
 use super::bufring::BufRing;
 use super::config::{Change, PeerConfig, PeerStats};
+use super::offload::{self, Coalescer, TunRead, VNET_HDR_LEN};
 use super::ops::{multishot_msghdr, source_address, OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS};
-use super::pool::{Packet, Pool, BUF_SIZE};
+use super::pool::{Buf, Packet, Pool, BUF_SIZE};
+use super::tun::Offload;
 use crate::proto::allowedips::AllowedIps;
 use crate::proto::interface::{Interface, Received};
 use crate::proto::keys::PublicKey;
@@ -48,6 +50,12 @@ const TUN_GROUP: u16 = 1;
 const SLOTS: usize = 1024;
 /// Most packets sealed in one batch.
 const MAX_BATCH: usize = 64;
+/// Most decrypted packets held for coalescing before they are written to
+/// the TUN (they are written at the latest at the end of the loop turn).
+const MAX_RX_BATCH: usize = 256;
+/// Where TUN reads land in a buffer: the virtio-net header first, so the
+/// IP packet starts at `HEADROOM`, ready to be sealed in place.
+const TUN_READ_AT: usize = HEADROOM - VNET_HDR_LEN;
 /// Packets held per peer while its handshake runs (as wireguard-go).
 const MAX_STAGED: usize = 128;
 /// Configuration changes applied per loop turn (see `apply_some`).
@@ -124,6 +132,8 @@ pub struct Setup {
     pub mailboxes: Vec<Mailbox>,
     /// The TUN MTU, kept current by the control plane.
     pub mtu: Arc<AtomicU32>,
+    /// The offloads the TUN device accepted.
+    pub offload: Offload,
     /// Monotonic and wall-clock readings taken together at start.
     pub clock: (Instant, SystemTime),
 }
@@ -142,6 +152,11 @@ pub struct Counters {
     /// Our own datagrams that came back through the TUN (an endpoint routed
     /// into the tunnel).
     pub routing_loop: u64,
+    /// TUN reads that could not be turned into packets (bad virtio-net
+    /// header or a super-packet that cannot be segmented).
+    pub tun_malformed: u64,
+    /// TUN writes the kernel refused.
+    pub tun_write_errors: u64,
 }
 
 /// Which worker owns the peer with `key`: public keys are uniformly
@@ -244,6 +259,12 @@ pub struct Worker {
     gso_run: Vec<Packet>,
     /// Whether UDP GSO is in use (switched off if the kernel refuses it).
     gso: bool,
+    /// Decrypted packets waiting to be written to the TUN, in arrival order
+    /// (an entry is taken when its write is queued).
+    rx: Vec<Option<Packet>>,
+    /// Plans those writes; `None` once the kernel refused a super-packet,
+    /// then every packet is written alone.
+    coalescer: Option<Coalescer>,
     completions: Vec<(u64, i32, u32)>,
     tick_out: Vec<(PeerId, Option<SocketAddr>, crate::proto::peer::TickOutcome)>,
     counters: Counters,
@@ -270,8 +291,10 @@ impl Worker {
         let ring = IoUring::new(2048)?;
         let mut pool = Pool::new(0, 4 * SLOTS);
         let udp_bufs = BufRing::new(&ring, UDP_GROUP, UDP_RING, 0, BUF_SIZE as u32, &mut pool)?;
-        let tun_len = (BUF_SIZE - HEADROOM - TAILROOM) as u32;
-        let tun_bufs = BufRing::new(&ring, TUN_GROUP, TUN_RING, HEADROOM, tun_len, &mut pool)?;
+        // A read is at most the virtio-net header and a 64 KiB packet; the
+        // tailroom after it is left for sealing a plain packet in place.
+        let tun_len = (BUF_SIZE - TUN_READ_AT - TAILROOM) as u32;
+        let tun_bufs = BufRing::new(&ring, TUN_GROUP, TUN_RING, TUN_READ_AT, tun_len, &mut pool)?;
         Ok(Self {
             ring,
             ops: Ops::new(SLOTS),
@@ -295,6 +318,8 @@ impl Worker {
             batch_peer: None,
             gso_run: Vec::with_capacity(MAX_SEGMENTS),
             gso: true,
+            rx: Vec::with_capacity(MAX_RX_BATCH),
+            coalescer: s.offload.tso.then(|| Coalescer::new(s.offload.uso)),
             completions: Vec::with_capacity(4096),
             tick_out: Vec::new(),
             counters: Counters::default(),
@@ -342,6 +367,7 @@ impl Worker {
             }
             self.drain_inbox();
             self.flush_batch();
+            self.flush_rx();
             self.apply_some();
             self.send_wakes();
         }
@@ -402,11 +428,7 @@ impl Worker {
                 let buf = done.bid.and_then(|b| self.tun_bufs.take(b, &mut self.pool));
                 if let Some(buf) = buf {
                     match usize::try_from(result) {
-                        Ok(n) if n > 0 => {
-                            if let Some(pkt) = PacketBuf::new(buf, HEADROOM, n) {
-                                self.on_tun_packet(pkt, false);
-                            }
-                        }
+                        Ok(n) if n > 0 => self.on_tun_read(buf, n),
                         _ => self.pool.put(buf),
                     }
                 }
@@ -430,6 +452,20 @@ impl Worker {
             OpKind::TunWrite | OpKind::UdpSend => {
                 if let Some(buf) = done.buf {
                     self.pool.put(buf);
+                }
+                if result < 0 && done.kind == OpKind::TunWrite {
+                    self.counters.tun_write_errors += 1;
+                }
+            }
+            OpKind::TunWriteGso => {
+                if result < 0 {
+                    self.counters.tun_write_errors += 1;
+                }
+                // EINVAL: the kernel does not take our super-packets; the
+                // packets of that write are lost (TCP resends them) and
+                // later ones are written one by one.
+                if result == -libc::EINVAL && self.coalescer.take().is_some() {
+                    tracing::warn!("TUN refused a coalesced write; writing packets one by one");
                 }
             }
             OpKind::UdpSendGso => {
@@ -475,6 +511,119 @@ impl Worker {
             Some((_, pkt)) => self.pool.put(pkt.into_inner()),
             None => *self.counters.dropped.entry("truncated").or_default() += 1,
         }
+    }
+
+    /// A TUN read of `n` bytes at [`TUN_READ_AT`]: one packet, sealed where
+    /// it lies, or a super-packet cut into MTU-sized packets, each copied
+    /// into its own buffer.
+    fn on_tun_read(&mut self, mut buf: Buf, n: usize) {
+        let mtu = self.mtu.load(Ordering::Relaxed) as usize;
+        let end = (TUN_READ_AT + n).min(buf.len());
+        match offload::parse_read(&mut buf[TUN_READ_AT..end], mtu) {
+            Ok(TunRead::Packet(p)) => {
+                let len = p.len();
+                if let Some(pkt) = PacketBuf::new(buf, HEADROOM, len) {
+                    self.on_tun_packet(pkt, false);
+                }
+            }
+            Ok(TunRead::Segments(segments)) => {
+                for seg in segments {
+                    let mut out = self.pool.get();
+                    match seg.write(&mut out[HEADROOM..BUF_SIZE - TAILROOM]) {
+                        Ok(len) => {
+                            if let Some(pkt) = PacketBuf::new(out, HEADROOM, len) {
+                                self.on_tun_packet(pkt, false);
+                            }
+                        }
+                        Err(_) => {
+                            self.counters.tun_malformed += 1;
+                            self.pool.put(out);
+                        }
+                    }
+                }
+                self.pool.put(buf);
+            }
+            Err(e) => {
+                self.counters.tun_malformed += 1;
+                if self.counters.tun_malformed.is_power_of_two() {
+                    tracing::debug!(error = %e, count = self.counters.tun_malformed, "dropped a TUN read");
+                }
+                self.pool.put(buf);
+            }
+        }
+    }
+
+    /// Writes the decrypted packets gathered so far to the TUN: runs of one
+    /// flow as one super-packet each (one `writev`, headers rewritten in
+    /// the first packet's buffer), the rest one write per packet, all with
+    /// the virtio-net header in the 10 bytes before the packet (every
+    /// decrypted packet has its 16-byte transport header there).
+    fn flush_rx(&mut self) {
+        if self.rx.is_empty() {
+            return;
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        let Some(coalescer) = self.coalescer.as_mut() else {
+            for pkt in rx.drain(..).flatten() {
+                let (start, len) = (pkt.start() - VNET_HDR_LEN, pkt.len() + VNET_HDR_LEN);
+                let mut buf = pkt.into_inner();
+                buf[start..start + VNET_HDR_LEN].fill(0);
+                if let Err((_, buf)) = self
+                    .ops
+                    .tun_write(&mut self.ring, self.tun, buf, start, len)
+                {
+                    self.counters.backpressure += 1;
+                    self.pool.put(buf);
+                }
+            }
+            self.rx = rx;
+            return;
+        };
+        let writes =
+            coalescer.plan_with(rx.len(), |i| rx[i].as_ref().map_or(&[][..], |p| p.data()));
+        for w in writes {
+            let (first, rest) = w
+                .members()
+                .split_first()
+                .map_or((0, &[][..]), |(f, r)| (*f, r));
+            let Some(head) = rx.get_mut(first as usize).and_then(Option::take) else {
+                continue;
+            };
+            let header = w.header();
+            let (start, len) = (head.start() - VNET_HDR_LEN, head.len() + VNET_HDR_LEN);
+            let mut buf = head.into_inner();
+            buf[start..start + header.len()].copy_from_slice(header);
+            if rest.is_empty() {
+                if let Err((_, buf)) = self
+                    .ops
+                    .tun_write(&mut self.ring, self.tun, buf, start, len)
+                {
+                    self.counters.backpressure += 1;
+                    self.pool.put(buf);
+                }
+                continue;
+            }
+            let skip = w.skip();
+            let others = rest.iter().filter_map(|&m| {
+                let p = rx.get_mut(m as usize)?.take()?;
+                let (s, l) = (p.start() + skip, p.len() - skip);
+                Some((p.into_inner(), s, l))
+            });
+            let pool = &mut self.pool;
+            let parts = std::iter::once((buf, start, len)).chain(others);
+            if self
+                .ops
+                .tun_writev(&mut self.ring, self.tun, parts, |b| pool.put(b))
+                .is_err()
+            {
+                self.counters.backpressure += 1 + rest.len() as u64;
+            }
+        }
+        // Every packet is in exactly one write; anything left is returned.
+        for pkt in rx.drain(..).flatten() {
+            self.pool.put(pkt.into_inner());
+        }
+        self.rx = rx;
     }
 
     fn drain_inbox(&mut self) {
@@ -748,13 +897,9 @@ impl Worker {
                 confirmed,
                 handshake,
             } => {
-                let (start, len) = (pkt.start(), pkt.len());
-                if let Err((_, buf)) =
-                    self.ops
-                        .tun_write(&mut self.ring, self.tun, pkt.into_inner(), start, len)
-                {
-                    self.counters.backpressure += 1;
-                    self.pool.put(buf);
+                self.rx.push(Some(pkt));
+                if self.rx.len() >= MAX_RX_BATCH {
+                    self.flush_rx();
                 }
                 self.after_receive(peer, confirmed, handshake);
             }
