@@ -93,7 +93,39 @@ pub fn multishot_msghdr() -> libc::msghdr {
     // SAFETY: msghdr is plain old data; zero is a valid value for every field.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_namelen = SockAddrBuf::CAPACITY;
+    hdr.msg_controllen = CONTROL_SPACE;
     hdr
+}
+
+/// Room for the control messages of a multishot receive: one `UDP_GRO`
+/// message (an `int`), `CMSG_SPACE(4)` = 24 bytes on 64-bit Linux, with
+/// slack.
+const CONTROL_SPACE: usize = 32;
+
+/// The datagram size of a GRO receive, from its control messages: the
+/// payload is then several datagrams of that size back to back (the last
+/// may be shorter). `None` without a `UDP_GRO` message (one datagram).
+/// Reads the `cmsghdr` chain by hand, with bounds checks, since the
+/// bytes are a copy the kernel wrote into a provided buffer.
+pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    const ALIGN: usize = std::mem::size_of::<usize>();
+    let mut at = 0;
+    while let Some(h) = control.get(at..at + HDR) {
+        let len = usize::from_ne_bytes(h[..ALIGN].try_into().ok()?);
+        let level = i32::from_ne_bytes(h[ALIGN..ALIGN + 4].try_into().ok()?);
+        let kind = i32::from_ne_bytes(h[ALIGN + 4..ALIGN + 8].try_into().ok()?);
+        if len < HDR {
+            return None;
+        }
+        if level == libc::SOL_UDP && kind == super::udp::UDP_GRO {
+            let data = control.get(at + HDR..at + HDR + 4)?;
+            let size = i32::from_ne_bytes(data.try_into().ok()?);
+            return usize::try_from(size).ok().filter(|&s| s > 0);
+        }
+        at += len.div_ceil(ALIGN) * ALIGN;
+    }
+    None
 }
 
 /// The source address in a multishot receive's name field.
@@ -435,4 +467,73 @@ fn msghdr_for(
     hdr.msg_iov = iov;
     hdr.msg_iovlen = 1;
     hdr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control area as the kernel writes it: `cmsgs` of (level, type, data).
+    fn control(cmsgs: &[(i32, i32, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(level, kind, data) in cmsgs {
+            // SAFETY: CMSG_LEN/CMSG_SPACE only compute sizes.
+            let (len, space) = unsafe {
+                (
+                    libc::CMSG_LEN(data.len() as u32) as usize,
+                    libc::CMSG_SPACE(data.len() as u32) as usize,
+                )
+            };
+            let at = out.len();
+            out.resize(at + space, 0);
+            out[at..at + 8].copy_from_slice(&len.to_ne_bytes());
+            out[at + 8..at + 12].copy_from_slice(&level.to_ne_bytes());
+            out[at + 12..at + 16].copy_from_slice(&kind.to_ne_bytes());
+            out[at + 16..at + 16 + data.len()].copy_from_slice(data);
+        }
+        out
+    }
+
+    #[test]
+    fn gro_size_is_read_from_its_control_message() {
+        let gro = 1452i32.to_ne_bytes();
+        assert_eq!(
+            gro_segment_size(&control(&[(
+                libc::SOL_UDP,
+                super::super::udp::UDP_GRO,
+                &gro
+            )])),
+            Some(1452)
+        );
+        // After another message, as long as the chain is well formed.
+        let other = [0u8; 12];
+        let both = control(&[
+            (libc::SOL_IP, libc::IP_PKTINFO, &other),
+            (libc::SOL_UDP, super::super::udp::UDP_GRO, &gro),
+        ]);
+        assert_eq!(gro_segment_size(&both), Some(1452));
+        // No message, a different one, or a malformed chain: one datagram.
+        assert_eq!(gro_segment_size(&[]), None);
+        assert_eq!(
+            gro_segment_size(&control(&[(libc::SOL_IP, libc::IP_PKTINFO, &other)])),
+            None
+        );
+        let zero = 0i32.to_ne_bytes();
+        assert_eq!(
+            gro_segment_size(&control(&[(
+                libc::SOL_UDP,
+                super::super::udp::UDP_GRO,
+                &zero
+            )])),
+            None
+        );
+        let mut bad = control(&[(libc::SOL_UDP, super::super::udp::UDP_GRO, &gro)]);
+        bad[..8].copy_from_slice(&3usize.to_ne_bytes());
+        assert_eq!(gro_segment_size(&bad), None);
+        let whole = control(&[(libc::SOL_UDP, super::super::udp::UDP_GRO, &gro)]);
+        for cut in 0..whole.len() {
+            let _ = gro_segment_size(&whole[..cut]);
+        }
+        assert_eq!(gro_segment_size(&whole[..17]), None);
+    }
 }

@@ -27,6 +27,12 @@ use super::sys;
 /// that arrives while a worker is busy encrypting is not dropped.
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
+/// `UDP_GRO` (Linux 5.0+; not in the `libc` crate for glibc targets): the
+/// socket may receive a burst of datagrams of one flow as one read, with
+/// a `UDP_GRO` control message giving the datagram size (all equal but
+/// the last, which may be shorter). Group sockets turn it on.
+pub const UDP_GRO: libc::c_int = 104;
+
 /// How many random ports a `port 0` bind tries before giving up.
 const PORT_ATTEMPTS: usize = 16;
 
@@ -250,6 +256,8 @@ fn bind_socket(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError> 
             .map_err(io("setsockopt(SO_REUSEPORT)"))?;
         set_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
         set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+        // Best effort: without GRO every datagram arrives on its own.
+        let _ = sys::setsockopt_int(s, libc::SOL_UDP, UDP_GRO, 1);
     }
     let sa = SockAddrBuf::from_socket_addr(addr);
     // SAFETY: `sa` holds a valid sockaddr of `sa.addr_len()` bytes.

@@ -26,7 +26,9 @@ use io_uring::IoUring;
 use super::bufring::BufRing;
 use super::config::{Change, PeerConfig, PeerStats};
 use super::offload::{self, Coalescer, TunRead, VNET_HDR_LEN};
-use super::ops::{multishot_msghdr, source_address, OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS};
+use super::ops::{
+    gro_segment_size, multishot_msghdr, source_address, OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS,
+};
 use super::pool::{Buf, Packet, Pool, BUF_SIZE};
 use super::tun::Offload;
 use crate::proto::allowedips::AllowedIps;
@@ -259,6 +261,9 @@ pub struct Worker {
     gso_run: Vec<Packet>,
     /// Whether UDP GSO is in use (switched off if the kernel refuses it).
     gso: bool,
+    /// The datagrams after the first of a GRO receive, copied out into
+    /// their own buffers (kept for its capacity).
+    gro: Vec<Packet>,
     /// Decrypted packets waiting to be written to the TUN, in arrival order
     /// (an entry is taken when its write is queued).
     rx: Vec<Option<Packet>>,
@@ -318,6 +323,7 @@ impl Worker {
             batch_peer: None,
             gso_run: Vec::with_capacity(MAX_SEGMENTS),
             gso: true,
+            gro: Vec::with_capacity(MAX_SEGMENTS),
             rx: Vec::with_capacity(MAX_RX_BATCH),
             coalescer: s.offload.tso.then(|| Coalescer::new(s.offload.uso)),
             completions: Vec::with_capacity(4096),
@@ -494,23 +500,50 @@ impl Worker {
     }
 
     /// A multishot receive filled `buf` with `n` bytes: the kernel's
-    /// header, the source address, then the datagram, which is handled in
-    /// place where it lies.
-    fn on_received(&mut self, buf: super::pool::Buf, n: usize) {
+    /// header, the source address, the control messages, then the payload:
+    /// one datagram, handled in place where it lies, or with UDP GRO a
+    /// burst of datagrams of one size, of which the first is handled in
+    /// place and the others are copied into buffers of their own.
+    fn on_received(&mut self, buf: Buf, n: usize) {
         let hdr = multishot_msghdr();
         let parsed = match io_uring::types::RecvMsgOut::parse(&buf[..n.min(buf.len())], &hdr) {
             Ok(out) if !out.is_payload_truncated() && !out.is_name_data_truncated() => {
                 let from = source_address(out.name_data(), out.incoming_name_len());
                 let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
-                from.map(|f| (f, start, out.payload_data().len()))
+                let segment = gro_segment_size(out.control_data());
+                from.map(|f| (f, start, out.payload_data().len(), segment))
             }
             _ => None,
         };
-        match parsed.and_then(|(from, start, len)| Some((from, PacketBuf::new(buf, start, len)?))) {
-            Some((from, pkt)) if !pkt.is_empty() => self.on_datagram(from, pkt),
-            Some((_, pkt)) => self.pool.put(pkt.into_inner()),
-            None => *self.counters.dropped.entry("truncated").or_default() += 1,
+        let Some((from, start, len, segment)) = parsed else {
+            *self.counters.dropped.entry("truncated").or_default() += 1;
+            self.pool.put(buf);
+            return;
+        };
+        let first = match segment {
+            Some(seg) if seg < len => {
+                for at in (start + seg..start + len).step_by(seg) {
+                    let part = &buf[at..(at + seg).min(start + len)];
+                    let mut out = self.pool.get();
+                    out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
+                    if let Some(pkt) = PacketBuf::new(out, HEADROOM, part.len()) {
+                        self.gro.push(pkt);
+                    }
+                }
+                seg
+            }
+            _ => len,
+        };
+        match PacketBuf::new(buf, start, first) {
+            Some(pkt) if !pkt.is_empty() => self.on_datagram(from, pkt),
+            Some(pkt) => self.pool.put(pkt.into_inner()),
+            None => {}
         }
+        let mut rest = std::mem::take(&mut self.gro);
+        for pkt in rest.drain(..) {
+            self.on_datagram(from, pkt);
+        }
+        self.gro = rest;
     }
 
     /// A TUN read of `n` bytes at [`TUN_READ_AT`]: one packet, sealed where
