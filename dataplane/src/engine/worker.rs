@@ -39,10 +39,14 @@ use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
 
 /// Provided buffers for UDP receives (shared by the IPv4 and IPv6 socket):
-/// how many datagrams can wait between the kernel and the worker.
-const UDP_RING: u16 = 256;
-/// Provided buffers for TUN reads.
-const TUN_RING: u16 = 128;
+/// how many datagrams (or GRO bursts) can wait between the kernel and the
+/// worker. Beyond that they wait in the socket's own buffer.
+const UDP_RING: u16 = 128;
+/// Provided buffers for TUN reads. Each can hold a 64 KiB super-packet, so
+/// this bounds what the worker takes in ahead of its work to 2 MiB; the
+/// rest waits in the TUN device's queue, where the kernel drops when it
+/// overflows and TCP backs off, instead of queueing in front of us.
+const TUN_RING: u16 = 32;
 /// Buffer group ids of the two rings.
 const UDP_GROUP: u16 = 0;
 const TUN_GROUP: u16 = 1;
@@ -54,12 +58,17 @@ const SLOTS: usize = 1024;
 const MAX_BATCH: usize = 64;
 /// Most decrypted packets held for coalescing before they are written to
 /// the TUN (they are written at the latest at the end of the loop turn).
-const MAX_RX_BATCH: usize = 256;
+const MAX_RX_BATCH: usize = 128;
 /// Where TUN reads land in a buffer: the virtio-net header first, so the
 /// IP packet starts at `HEADROOM`, ready to be sealed in place.
 const TUN_READ_AT: usize = HEADROOM - VNET_HDR_LEN;
 /// Packets held per peer while its handshake runs (as wireguard-go).
 const MAX_STAGED: usize = 128;
+/// Packets queued for sending or writing after which they are handed to
+/// the kernel at once instead of at the end of the loop turn: a turn that
+/// drains many completions would otherwise hold its first packets back
+/// until its last are done (latency under load).
+const SUBMIT_EVERY: usize = 64;
 /// Configuration changes applied per loop turn (see `apply_some`).
 const APPLY_CHUNK: usize = 4096;
 /// Timer resolution: WireGuard's shortest timer is REKEY_TIMEOUT (5 s), so
@@ -264,6 +273,8 @@ pub struct Worker {
     /// The datagrams after the first of a GRO receive, copied out into
     /// their own buffers (kept for its capacity).
     gro: Vec<Packet>,
+    /// Packets queued since the last submission (see [`SUBMIT_EVERY`]).
+    queued: usize,
     /// Decrypted packets waiting to be written to the TUN, in arrival order
     /// (an entry is taken when its write is queued).
     rx: Vec<Option<Packet>>,
@@ -324,6 +335,7 @@ impl Worker {
             gso_run: Vec::with_capacity(MAX_SEGMENTS),
             gso: true,
             gro: Vec::with_capacity(MAX_SEGMENTS),
+            queued: 0,
             rx: Vec::with_capacity(MAX_RX_BATCH),
             coalescer: s.offload.tso.then(|| Coalescer::new(s.offload.uso)),
             completions: Vec::with_capacity(4096),
@@ -352,6 +364,7 @@ impl Worker {
             // With configuration left to apply, only look for completions
             // (do not sleep), then apply the next chunk.
             let wait = usize::from(self.applying.is_empty());
+            self.queued = 0;
             match self.ring.submit_and_wait(wait) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -596,6 +609,7 @@ impl Worker {
             return;
         }
         let mut rx = std::mem::take(&mut self.rx);
+        self.queued += rx.len();
         let Some(coalescer) = self.coalescer.as_mut() else {
             for pkt in rx.drain(..).flatten() {
                 let (start, len) = (pkt.start() - VNET_HDR_LEN, pkt.len() + VNET_HDR_LEN);
@@ -610,6 +624,7 @@ impl Worker {
                 }
             }
             self.rx = rx;
+            self.submit_early();
             return;
         };
         let writes =
@@ -657,6 +672,7 @@ impl Worker {
             self.pool.put(pkt.into_inner());
         }
         self.rx = rx;
+        self.submit_early();
     }
 
     fn drain_inbox(&mut self) {
@@ -790,8 +806,20 @@ impl Worker {
         for pkt in batch.drain(out.sealed..) {
             self.stage(peer, pkt);
         }
+        self.queued += batch.len();
         self.send_sealed(endpoint, &mut batch);
         self.batch = batch;
+        self.submit_early();
+    }
+
+    /// Hands queued operations to the kernel once [`SUBMIT_EVERY`] packets
+    /// are waiting; the loop's own submission picks up the rest. A failed
+    /// submit (EBUSY with a full completion queue) is left to that one.
+    fn submit_early(&mut self) {
+        if self.queued >= SUBMIT_EVERY {
+            self.queued = 0;
+            let _ = self.ring.submit();
+        }
     }
 
     /// Sends sealed packets for one endpoint, drained from `pkts`. Runs of
