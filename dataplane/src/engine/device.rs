@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{bounded, unbounded};
 
 use super::config::{ApplyError, Change, Device, DeviceStats};
+use super::pool::Depot;
 use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Counters, Mailbox, Msg, Setup, UdpFds, Worker};
@@ -43,6 +44,11 @@ pub struct Engine {
     mtu: Arc<AtomicU32>,
     tun: Tun,
 }
+
+/// Free buffers the workers share beyond their own free lists: large
+/// (64 KiB) and small (2 KiB) ones. 32 MiB and 16 MiB at most.
+const DEPOT_LARGE: usize = 512;
+const DEPOT_SMALL: usize = 8192;
 
 fn eventfd() -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the returned fd is checked and then owned.
@@ -79,6 +85,7 @@ impl Engine {
             Vec::new()
         };
         let clock = (Instant::now(), SystemTime::now());
+        let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
         let mut threads = Vec::with_capacity(n);
         for (i, inbox) in inboxes.into_iter().enumerate() {
             let setup = Setup {
@@ -91,6 +98,7 @@ impl Engine {
                 mailboxes: mailboxes.clone(),
                 mtu: mtu.clone(),
                 offload: tun.offload(),
+                depot: depot.clone(),
                 clock,
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);

@@ -29,7 +29,7 @@ use super::offload::{self, Coalescer, TunRead, VNET_HDR_LEN};
 use super::ops::{
     gro_segment_size, multishot_msghdr, source_address, OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS,
 };
-use super::pool::{Buf, Packet, Pool, BUF_SIZE};
+use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
 use super::tun::Offload;
 use crate::proto::allowedips::AllowedIps;
 use crate::proto::interface::{Interface, Received};
@@ -54,6 +54,9 @@ const TUN_GROUP: u16 = 1;
 /// sends and writes. When all are busy, new packets are dropped
 /// (back-pressure) instead of queueing without bound.
 const SLOTS: usize = 1024;
+/// Free buffers of each size a worker keeps for itself (more go to the
+/// engine's depot).
+const POOL_CAP: usize = 1024;
 /// Most packets sealed in one batch.
 const MAX_BATCH: usize = 64;
 /// Most decrypted packets held for coalescing before they are written to
@@ -145,6 +148,8 @@ pub struct Setup {
     pub mtu: Arc<AtomicU32>,
     /// The offloads the TUN device accepted.
     pub offload: Offload,
+    /// Free buffers shared by the engine's workers.
+    pub depot: Depot,
     /// Monotonic and wall-clock readings taken together at start.
     pub clock: (Instant, SystemTime),
 }
@@ -305,7 +310,7 @@ impl Worker {
         let bits = worker_bits(s.workers);
         let (now, wall) = s.clock;
         let ring = IoUring::new(2048)?;
-        let mut pool = Pool::new(0, 4 * SLOTS);
+        let mut pool = Pool::shared(POOL_CAP, s.depot);
         let udp_bufs = BufRing::new(&ring, UDP_GROUP, UDP_RING, 0, BUF_SIZE as u32, &mut pool)?;
         // A read is at most the virtio-net header and a 64 KiB packet; the
         // tailroom after it is left for sealing a plain packet in place.
@@ -537,7 +542,7 @@ impl Worker {
             Some(seg) if seg < len => {
                 for at in (start + seg..start + len).step_by(seg) {
                     let part = &buf[at..(at + seg).min(start + len)];
-                    let mut out = self.pool.get();
+                    let mut out = self.pool.get_for(part.len());
                     out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
                     if let Some(pkt) = PacketBuf::new(out, HEADROOM, part.len()) {
                         self.gro.push(pkt);
@@ -574,8 +579,9 @@ impl Worker {
             }
             Ok(TunRead::Segments(segments)) => {
                 for seg in segments {
-                    let mut out = self.pool.get();
-                    match seg.write(&mut out[HEADROOM..BUF_SIZE - TAILROOM]) {
+                    let mut out = self.pool.get_for(seg.len());
+                    let end = out.len() - TAILROOM;
+                    match seg.write(&mut out[HEADROOM..end]) {
                         Ok(len) => {
                             if let Some(pkt) = PacketBuf::new(out, HEADROOM, len) {
                                 self.on_tun_packet(pkt, false);
@@ -933,8 +939,8 @@ impl Worker {
     }
 
     fn send_control(&mut self, endpoint: Option<SocketAddr>, msg: &ControlMsg) {
-        let mut buf = self.pool.get();
         let bytes = msg.as_bytes();
+        let mut buf = self.pool.get_for(bytes.len());
         buf[..bytes.len()].copy_from_slice(bytes);
         if let Some(pkt) = PacketBuf::new(buf, 0, bytes.len()) {
             self.send_packet(endpoint, pkt);
