@@ -69,7 +69,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<NonZeroUsize>,
 
-    /// Do not load eBPF steering (accepted; steering is not built yet, workers hand packets over in software).
+    /// Do not steer datagrams to their worker in the kernel (reuseport socket filter); workers then hand them over.
     #[arg(long)]
     pub no_ebpf: bool,
 

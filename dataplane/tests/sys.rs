@@ -543,3 +543,75 @@ fn udp_receives_datagrams() {
         }
     }
 }
+
+/// Sends `msg` from `sender` and returns which socket of `fds` got it
+/// (reading it out).
+fn receiver_of(fds: &[OwnedFd], sender: &UdpSocket, to: SocketAddr, msg: &[u8]) -> usize {
+    sender.send_to(msg, to).unwrap();
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+    let i = wait_readable(&borrowed, Duration::from_secs(2)).expect("datagram did not arrive");
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is a live buffer of its length.
+    let n = unsafe { libc::recv(fds[i].as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert_eq!(n, msg.len() as isize, "{}", io::Error::last_os_error());
+    i
+}
+
+#[test]
+fn udp_steering_puts_datagrams_on_their_owner() {
+    // Needs no privilege. Four sockets: the index's low two bits name one.
+    let group = UdpGroup::bind(0, 4, 0).unwrap();
+    group.steer_to_owners(2).unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], group.port()));
+    // Several senders, so the kernel's own hash would spread them.
+    let senders: Vec<UdpSocket> = (0..8)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for (n, sender) in senders.iter().enumerate() {
+        for owner in 0..4u8 {
+            // Random high bits: only the low two count.
+            let index = u32::from(owner) | ((n as u32).wrapping_mul(0x9e37_79b9) << 2);
+            let mut data = [0u8; 32];
+            data[0] = 4;
+            data[4..8].copy_from_slice(&index.to_le_bytes());
+            assert_eq!(
+                receiver_of(group.v4_fds(), sender, to, &data),
+                usize::from(owner)
+            );
+            let mut cookie = [0u8; 64];
+            cookie[0] = 3;
+            cookie[4..8].copy_from_slice(&index.to_le_bytes());
+            assert_eq!(
+                receiver_of(group.v4_fds(), sender, to, &cookie),
+                usize::from(owner)
+            );
+            let mut response = [0u8; 92];
+            response[0] = 2;
+            response[4..8].copy_from_slice(&0xffu32.to_le_bytes()); // sender index
+            response[8..12].copy_from_slice(&index.to_le_bytes());
+            assert_eq!(
+                receiver_of(group.v4_fds(), sender, to, &response),
+                usize::from(owner)
+            );
+        }
+    }
+    // Initiations and anything else go by the kernel's hash: all arrive,
+    // and across the senders more than one socket gets them.
+    let mut seen = std::collections::BTreeSet::new();
+    for sender in &senders {
+        let mut initiation = [0u8; 148];
+        initiation[0] = 1;
+        seen.insert(receiver_of(group.v4_fds(), sender, to, &initiation));
+        receiver_of(group.v4_fds(), sender, to, b"x");
+    }
+    assert!(seen.len() > 1, "initiations all went to {seen:?}");
+    if !group.ipv4_only() {
+        if let Ok(sender6) = UdpSocket::bind("[::1]:0") {
+            let to6: SocketAddr = format!("[::1]:{}", group.port()).parse().unwrap();
+            let mut data = [0u8; 32];
+            data[0] = 4;
+            data[4] = 0xfe; // low bits 2
+            assert_eq!(receiver_of(group.v6_fds(), &sender6, to6, &data), 2);
+        }
+    }
+}

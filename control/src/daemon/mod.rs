@@ -95,8 +95,12 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<()> {
     let tun = Tun::create(ifname, threads)?;
     let ifindex = tun.ifindex();
     let mut monitor = LinkMonitor::new(ifindex).context("watching the link over netlink")?;
-    let mut engine = Engine::start(tun, &EngineOptions { threads, pin: true })
-        .context("starting the workers")?;
+    let opts = EngineOptions {
+        threads,
+        pin: true,
+        steer: !args.no_ebpf,
+    };
+    let mut engine = Engine::start(tun, &opts).context("starting the workers")?;
     let mut uapi = UapiServer::bind(Path::new(SOCKET_DIR), ifname)
         .with_context(|| format!("creating the UAPI socket in {SOCKET_DIR}"))?;
     let mut config = DeviceConfig::new();

@@ -18,7 +18,7 @@ use super::config::{ApplyError, Change, Device, DeviceStats};
 use super::pool::Depot;
 use super::tun::Tun;
 use super::udp::UdpGroup;
-use super::worker::{Counters, Mailbox, Msg, Setup, UdpFds, Worker};
+use super::worker::{worker_bits, Counters, Mailbox, Msg, Setup, UdpFds, Worker};
 
 /// How long the control plane waits for every worker to report stats (a
 /// stats request changes nothing, so giving up on it is harmless).
@@ -31,6 +31,9 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Pin each worker to its own core.
     pub pin: bool,
+    /// Steer datagrams to their owner's socket in the kernel
+    /// ([`steer`](super::steer)); without it the workers hand them over.
+    pub steer: bool,
 }
 
 /// The running data plane.
@@ -43,12 +46,24 @@ pub struct Engine {
     gen: u32,
     mtu: Arc<AtomicU32>,
     tun: Tun,
+    steer: bool,
 }
 
 /// Free buffers the workers share beyond their own free lists: large
 /// (64 KiB) and small (2 KiB) ones. 32 MiB and 16 MiB at most.
 const DEPOT_LARGE: usize = 512;
 const DEPOT_SMALL: usize = 8192;
+
+/// Attaches the steering filter when asked to and useful; a kernel that
+/// refuses it costs handoffs, not correctness, so that is only logged.
+fn steer(udp: &UdpGroup, workers: usize, wanted: bool) {
+    if !wanted || workers < 2 {
+        return;
+    }
+    if let Err(e) = udp.steer_to_owners(worker_bits(workers as u32)) {
+        tracing::warn!(error = %e, "cannot steer datagrams to their workers; they are handed over instead");
+    }
+}
 
 fn eventfd() -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the returned fd is checked and then owned.
@@ -65,6 +80,7 @@ impl Engine {
     pub fn start(tun: Tun, opts: &EngineOptions) -> std::io::Result<Self> {
         let n = tun.queue_fds().len().min(opts.threads.max(1));
         let udp = UdpGroup::bind(0, n, 0).map_err(std::io::Error::other)?;
+        steer(&udp, n, opts.steer);
         let mtu = Arc::new(AtomicU32::new(tun.mtu().unwrap_or(1420)));
         let wakes = (0..n)
             .map(|_| eventfd())
@@ -120,6 +136,7 @@ impl Engine {
             gen: 0,
             mtu,
             tun,
+            steer: opts.steer,
         })
     }
 
@@ -158,6 +175,7 @@ impl Engine {
         }
         let n = self.workers();
         let new = UdpGroup::bind(port, n, self.udp.fwmark())?;
+        steer(&new, n, self.steer);
         self.gen += 1;
         for (i, mb) in self.mailboxes.iter().enumerate() {
             if mb.tx.send(Msg::Sockets(fds(&new, i, self.gen))).is_ok() {

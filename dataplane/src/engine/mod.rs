@@ -9,6 +9,7 @@ pub mod netlink;
 pub mod offload;
 mod ops;
 pub mod pool;
+pub mod steer;
 mod sys;
 pub mod tun;
 pub mod udp;
