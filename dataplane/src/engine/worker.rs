@@ -173,6 +173,11 @@ pub struct Counters {
     pub tun_malformed: u64,
     /// TUN writes the kernel refused.
     pub tun_write_errors: u64,
+    /// TUN packets handed to the worker that owns their peer.
+    pub handed_tun: u64,
+    /// Datagrams handed to the worker that owns their session or peer
+    /// (steering, when on, leaves mostly initiations here).
+    pub handed_udp: u64,
 }
 
 /// Which worker owns the peer with `key`: public keys are uniformly
@@ -729,6 +734,11 @@ impl Worker {
     }
 
     fn handoff(&mut self, to: u32, msg: Msg) {
+        match msg {
+            Msg::Tun(_) => self.counters.handed_tun += 1,
+            Msg::Udp(..) => self.counters.handed_udp += 1,
+            _ => {}
+        }
         if let Some(mb) = self.mailboxes.get(to as usize) {
             if mb.tx.send(msg).is_ok() {
                 self.to_wake[to as usize] = true;
