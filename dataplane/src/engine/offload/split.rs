@@ -13,7 +13,9 @@
 //! them after decryption; there is no offload on the far side of a tunnel.
 //!
 //! Segmenting costs one copy per segment, which the packet buffers need
-//! anyway (each segment is sealed in its own buffer). [`Segments`] yields
+//! anyway (each segment is sealed in its own buffer); the payload's
+//! checksum is summed during that copy, and the header fields' share comes
+//! from sums taken once per super-packet. [`Segments`] yields
 //! lazy [`Segment`]s so the worker picks the buffer and offset; nothing is
 //! allocated.
 
@@ -89,6 +91,15 @@ struct Template {
     id: u16,
     /// Pseudo-header sum without the length.
     pseudo: Csum,
+    /// Sum of the IPv4 header without its per-segment fields (total
+    /// length, ID, checksum); unused for IPv6.
+    ip_sum: Csum,
+    /// Sum of the transport header without its per-segment fields (TCP:
+    /// sequence number, the data-offset and flags word, checksum; UDP:
+    /// length, checksum).
+    l4_sum: Csum,
+    /// The TCP data-offset byte, which shares a 16-bit word with the flags.
+    tcp_doff: u8,
 }
 
 /// The segments of one super-packet, in order. An [`ExactSizeIterator`]:
@@ -184,6 +195,27 @@ impl<'a> Segments<'a> {
             },
             id: if h.v6 { 0 } else { ip::be16(pkt, 4) },
             pseudo: h.pseudo(pkt),
+            ip_sum: if h.v6 {
+                Csum::default()
+            } else {
+                Csum::default()
+                    .add_bytes(&pkt[0..2])
+                    .add_bytes(&pkt[6..10])
+                    .add_bytes(&pkt[12..h.l3_len])
+            },
+            l4_sum: {
+                let l4 = &pkt[h.l3_len..h.len()];
+                if h.is_tcp() {
+                    Csum::default()
+                        .add_bytes(&l4[0..4])
+                        .add_bytes(&l4[8..12])
+                        .add_bytes(&l4[14..16])
+                        .add_bytes(&l4[18..])
+                } else {
+                    Csum::default().add_bytes(&l4[0..4])
+                }
+            },
+            tcp_doff: if h.is_tcp() { pkt[h.l3_len + 12] } else { 0 },
         };
         Ok(Self {
             pkt,
@@ -277,27 +309,38 @@ impl<'a> Segment<'a> {
         })?;
         let t = &self.t;
         let (l3, hlen) = (t.h.l3_len, t.h.len());
-        out[..hlen].copy_from_slice(&self.pkt[..hlen]);
-        out[hlen..].copy_from_slice(self.payload());
+        let l4_len = (n - l3) as u16;
+        let (hdr, body) = out.split_at_mut(hlen);
+        hdr.copy_from_slice(&self.pkt[..hlen]);
+        // The payload is copied and summed in one pass. The checksums are
+        // then put together from the template's header sums and the values
+        // written here, never by reading back the bytes just written.
+        let payload = Csum::default().add_copy(body, self.payload());
         let last = self.end == self.pkt.len();
 
         // IP: lengths, and for IPv4 the ID and header checksum. The kernel
         // increments the ID per segment (no FIXEDID through virtio).
         if t.h.v6 {
-            ip::put16(out, 4, (n - l3) as u16);
+            ip::put16(hdr, 4, l4_len);
         } else {
-            ip::put16(out, 2, n as u16);
-            ip::put16(out, 4, t.id.wrapping_add(self.index as u16));
-            ip::put16(out, 10, 0);
-            let c = Csum::default().add_bytes(&out[..l3]).finish();
-            ip::put16(out, 10, c);
+            let id = t.id.wrapping_add(self.index as u16);
+            ip::put16(hdr, 2, n as u16);
+            ip::put16(hdr, 4, id);
+            let c = t.ip_sum.add_u16(n as u16).add_u16(id).finish();
+            ip::put16(hdr, 10, c);
         }
 
-        // Transport: sequence number and flags, or the UDP length.
+        // Transport: sequence number and flags, or the UDP length; the full
+        // checksum over the pseudo-header and the segment.
+        let mut sum = t
+            .pseudo
+            .add_u32(u32::from(l4_len))
+            .add_sum(t.l4_sum)
+            .add_sum(payload);
         if t.h.is_tcp() {
-            let offset = (self.start - hlen) as u32;
-            ip::put32(out, l3 + 4, t.seq.wrapping_add(offset));
-            let mut flags = out[l3 + TCP_FLAGS];
+            let seq = t.seq.wrapping_add((self.start - hlen) as u32);
+            ip::put32(hdr, l3 + 4, seq);
+            let mut flags = self.pkt[l3 + TCP_FLAGS];
             if !last {
                 // FIN and PSH describe the end of the data: last segment only.
                 flags &= !(TCP_FIN | TCP_PSH);
@@ -306,24 +349,21 @@ impl<'a> Segment<'a> {
                 // CWR answers ECE once, on the first segment only.
                 flags &= !TCP_CWR;
             }
-            out[l3 + TCP_FLAGS] = flags;
+            hdr[l3 + TCP_FLAGS] = flags;
+            sum = sum
+                .add_u32(seq)
+                .add_u16(u16::from_be_bytes([t.tcp_doff, flags]));
         } else {
-            ip::put16(out, l3 + 4, (n - l3) as u16);
+            ip::put16(hdr, l3 + 4, l4_len);
+            sum = sum.add_u16(l4_len);
         }
-
-        // Full transport checksum over the pseudo-header and the segment.
         let at = l3 + t.h.csum_offset();
-        ip::put16(out, at, 0);
-        let mut c = t
-            .pseudo
-            .add_u32((n - l3) as u32)
-            .add_bytes(&out[l3..])
-            .finish();
+        let mut c = sum.finish();
         if !t.h.is_tcp() && c == 0 {
             // UDP reserves 0 for "no checksum" (and IPv6 forbids it).
             c = 0xffff;
         }
-        ip::put16(out, at, c);
+        ip::put16(hdr, at, c);
         Ok(n)
     }
 }
