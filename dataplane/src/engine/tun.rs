@@ -263,13 +263,19 @@ fn set_offload(queue: &OwnedFd) -> io::Result<Offload> {
             tso: true,
             uso: true,
         }),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            set(TUN_OFFLOADS_NO_USO)?;
-            Ok(Offload {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match set(TUN_OFFLOADS_NO_USO) {
+            Ok(_) => Ok(Offload {
                 tso: true,
                 uso: false,
-            })
-        }
+            }),
+            // No offload at all: every read is one packet, every write
+            // one packet, each behind a virtio-net header all the same.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Offload {
+                tso: false,
+                uso: false,
+            }),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     }
 }
