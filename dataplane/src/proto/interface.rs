@@ -140,6 +140,10 @@ pub struct Interface {
     by_key: HashMap<PublicKey, PeerId>,
     indexes: IndexTable<PeerId>,
     allowed: AllowedIps<PeerId>,
+    /// The last inner source address looked up in `allowed` on receive,
+    /// with the answer: consecutive packets mostly come from one host.
+    /// Cleared by every change to `allowed`.
+    last_source: Option<(IpAddr, Option<PeerId>)>,
     limiter: RateLimiter,
     under_load_until: Option<Instant>,
     clock: Clock,
@@ -171,6 +175,7 @@ impl Interface {
             by_key: HashMap::new(),
             indexes: IndexTable::new(worker_bits),
             allowed: AllowedIps::new(),
+            last_source: None,
             limiter: RateLimiter::new(),
             under_load_until: None,
             clock: Clock::new(now, wall),
@@ -245,6 +250,7 @@ impl Interface {
         peer.erase_keys(&mut self.indexes);
         self.active.remove(&id);
         self.by_key.remove(peer.public_key());
+        self.last_source = None;
         self.allowed.remove_value(id);
         self.free.push(id);
         Ok(())
@@ -278,6 +284,7 @@ impl Interface {
     /// Gives `addr/cidr` to `peer`, taking it from any other peer.
     pub fn allow(&mut self, peer: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
         self.peer(peer).ok_or(ConfigError::NoSuchPeer)?;
+        self.last_source = None;
         self.allowed.insert(addr, cidr, peer)?;
         Ok(())
     }
@@ -285,6 +292,7 @@ impl Interface {
     /// Takes `addr/cidr` from `peer` (no-op if another peer has it).
     pub fn disallow(&mut self, peer: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
         if self.allowed.get(addr, cidr)? == Some(peer) {
+            self.last_source = None;
             self.allowed.remove(addr, cidr)?;
         }
         Ok(())
@@ -292,6 +300,7 @@ impl Interface {
 
     /// Removes every allowed IP of `peer`.
     pub fn clear_allowed(&mut self, peer: PeerId) {
+        self.last_source = None;
         self.allowed.remove_value(peer);
     }
 
@@ -423,21 +432,25 @@ impl Interface {
         pkt: &mut PacketBuf<B>,
         now: Instant,
     ) -> Received {
-        match self.receive_inner(src, pkt, now) {
+        // Transport data, nearly every datagram, goes straight to its
+        // session; handshake messages take the general path.
+        let result = match messages::transport_receiver(pkt.data()) {
+            Some(index) => self.receive_transport(index, src, pkt, now),
+            None => self.receive_inner(src, pkt, now),
+        };
+        match result {
             Ok(r) => r,
             Err(d) => Received::Dropped(d),
         }
     }
 
+    /// [`Self::receive`] for everything but transport data.
     fn receive_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         src: SocketAddr,
         pkt: &mut PacketBuf<B>,
         now: Instant,
     ) -> Result<Received, Drop> {
-        if let Some(index) = messages::transport_receiver(pkt.data()) {
-            return self.receive_transport(index, src, pkt, now);
-        }
         match messages::parse(pkt.data())? {
             Message::Initiation(msg) => {
                 if let Some(reply) = self.screen(msg, src, now)? {
@@ -514,6 +527,21 @@ impl Interface {
         }
     }
 
+    /// The peer allowed to send from `source` (`self.allowed.lookup`),
+    /// remembering the last answer.
+    #[inline]
+    fn allowed_source(&mut self, source: IpAddr) -> Option<PeerId> {
+        match self.last_source {
+            Some((last, peer)) if last == source => peer,
+            _ => {
+                let peer = self.allowed.lookup(source);
+                self.last_source = Some((source, peer));
+                peer
+            }
+        }
+    }
+
+    #[inline]
     fn receive_transport<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         index: u32,
@@ -532,7 +560,7 @@ impl Interface {
             });
         }
         let (source, total) = inner_source(pkt.data()).ok_or(Drop::NotIp)?;
-        if self.allowed.lookup(source) != Some(id) {
+        if self.allowed_source(source) != Some(id) {
             return Err(Drop::SourceNotAllowed);
         }
         // Drop the padding: the IP header says how long the packet is.
@@ -661,6 +689,46 @@ mod tests {
         a.tick(later, |_, _, _| {});
         assert!(!a.peer(ia).unwrap().is_active());
         assert!(a.active.is_empty());
+    }
+
+    #[test]
+    fn allowed_source_follows_allowed_ip_changes() {
+        let now = Instant::now();
+        let (mut a, ia, mut b, ib) = pair(now);
+        let from: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut send = |b: &mut Interface| {
+            let mut p = buf(20);
+            p.data_mut()[3] = 20;
+            p.data_mut()[12..16].copy_from_slice(&[10, 0, 0, 1]);
+            let mut ps = [p];
+            assert_eq!(a.encrypt_batch(ia, &mut ps, 1420, now).sealed, 1);
+            let [mut p] = ps;
+            match b.receive(from, &mut p, now) {
+                Received::Data { .. } => Ok(()),
+                Received::Dropped(d) => Err(d),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (host, other_net) = ("10.0.0.1".parse().unwrap(), "10.0.0.0".parse().unwrap());
+        assert_eq!(send(&mut b), Err(Drop::SourceNotAllowed));
+        b.allow(ib, host, 32).unwrap();
+        assert_eq!(send(&mut b), Ok(()));
+        assert_eq!(send(&mut b), Ok(()));
+        b.disallow(ib, host, 32).unwrap();
+        assert_eq!(send(&mut b), Err(Drop::SourceNotAllowed));
+        b.allow(ib, other_net, 8).unwrap();
+        assert_eq!(send(&mut b), Ok(()));
+        b.clear_allowed(ib);
+        assert_eq!(send(&mut b), Err(Drop::SourceNotAllowed));
+        b.allow(ib, other_net, 8).unwrap();
+        assert_eq!(send(&mut b), Ok(()));
+        // A more specific prefix for another peer takes the address, until
+        // that peer is removed.
+        let other = b.add_peer(PrivateKey::generate().public_key()).unwrap();
+        b.allow(other, host, 32).unwrap();
+        assert_eq!(send(&mut b), Err(Drop::SourceNotAllowed));
+        b.remove_peer(other).unwrap();
+        assert_eq!(send(&mut b), Ok(()));
     }
 
     #[test]

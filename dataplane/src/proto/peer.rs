@@ -539,10 +539,19 @@ impl Peer {
         if opened.len > 0 {
             a.timers.data_received(now);
         }
+        // Only an initiator that has not yet rekeyed on receive can owe a
+        // handshake here: everyone else skips the (out-of-line) check.
+        let maybe_fresh =
+            !a.timers.sent_last_minute_handshake && a.current.as_ref().is_some_and(|s| s.initiator);
+        let handshake = if maybe_fresh {
+            self.keep_fresh_receiving(ctx, now)
+        } else {
+            None
+        };
         Ok(Decrypted {
             len: opened.len,
             confirmed,
-            handshake: self.keep_fresh_receiving(ctx, now),
+            handshake,
         })
     }
 

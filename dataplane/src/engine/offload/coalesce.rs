@@ -55,29 +55,45 @@ const MAX_HEADERS: usize = 60 + 60;
 static NONE_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Identity of a flow: only its packets may be merged with each other.
+///
+/// Five machine words, so that comparing two keys (done for every packet
+/// against the last flow's) is a few word compares, not a `memcmp`: the
+/// source and destination addresses back to back (IPv4 uses the first
+/// word), then the source and destination ports, the protocol and the IP
+/// version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FlowKey {
-    v6: bool,
-    proto: u8,
-    /// Source then destination address (IPv4 uses the first 8 bytes).
-    addrs: [u8; 32],
-    /// Source then destination port.
-    ports: [u8; 4],
-}
+struct FlowKey([u64; 5]);
 
 impl FlowKey {
+    /// A key no packet has: its protocol byte is 0, and a packet's key is
+    /// only taken once its headers parsed as TCP or UDP.
+    const NONE: Self = Self([0; 5]);
+
+    /// The key of a packet whose headers `h` describes (so its addresses
+    /// and ports are within bounds).
+    #[inline(always)]
     fn new(pkt: &[u8], h: &Headers) -> Self {
-        let mut addrs = [0u8; 32];
-        let a = h.addrs(pkt);
-        addrs[..a.len()].copy_from_slice(a);
-        let mut ports = [0u8; 4];
-        ports.copy_from_slice(&pkt[h.l3_len..h.l3_len + 4]);
-        Self {
-            v6: h.v6,
-            proto: h.proto,
-            addrs,
-            ports,
+        let mut w = [0u64; 5];
+        if h.v6 {
+            w[0] = ne64(pkt, 8);
+            w[1] = ne64(pkt, 16);
+            w[2] = ne64(pkt, 24);
+            w[3] = ne64(pkt, 32);
+        } else {
+            w[0] = ne64(pkt, 12);
         }
+        let ports = ne32(pkt, h.l3_len);
+        w[4] = u64::from(ports) | u64::from(h.proto) << 32 | u64::from(h.v6) << 40;
+        Self(w)
+    }
+
+    /// `self == other`, as word compares folded into one branch (the
+    /// derived `==` on the array calls `memcmp`).
+    #[inline]
+    fn is(&self, other: &Self) -> bool {
+        let [a0, a1, a2, a3, a4] = self.0;
+        let [b0, b1, b2, b3, b4] = other.0;
+        (a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3) | (a4 ^ b4) == 0
     }
 }
 
@@ -136,8 +152,14 @@ enum Append {
 #[derive(Debug)]
 pub struct Coalescer {
     udp: bool,
-    /// Each flow's open group.
+    /// The open group of each flow but the last one seen.
     flows: HashMap<FlowKey, u32, FoldState>,
+    /// The last flow seen (or [`FlowKey::NONE`]), kept out of `flows`:
+    /// consecutive packets of one flow, the common case, find their group
+    /// without hashing the key.
+    last_key: FlowKey,
+    /// The last flow's open group, if it has one.
+    last_group: Option<u32>,
     groups: Vec<Group>,
     /// Group of each packet of the batch.
     assign: Vec<u32>,
@@ -152,6 +174,8 @@ impl Coalescer {
         Self {
             udp,
             flows: HashMap::with_capacity_and_hasher(64, FoldState::default()),
+            last_key: FlowKey::NONE,
+            last_group: None,
             groups: Vec::with_capacity(128),
             assign: Vec::with_capacity(128),
             members: Vec::with_capacity(128),
@@ -170,7 +194,7 @@ impl Coalescer {
     where
         F: Fn(usize) -> &'p [u8],
     {
-        self.flows.clear();
+        self.forget_flows();
         self.groups.clear();
         self.assign.clear();
         self.members.clear();
@@ -178,12 +202,44 @@ impl Coalescer {
             let g = self.push(&packet, i);
             self.assign.push(g);
         }
-        self.flows.clear();
+        self.forget_flows();
         self.finish(&packet);
         Writes {
             groups: &self.groups,
             members: &self.members,
             next: 0,
+        }
+    }
+
+    /// Forgets every flow's open group.
+    fn forget_flows(&mut self) {
+        if !self.flows.is_empty() {
+            self.flows.clear();
+        }
+        self.last_key = FlowKey::NONE;
+        self.last_group = None;
+    }
+
+    /// The open group of flow `key` (`None`: it has none), to read or set.
+    /// Makes `key` the last flow, moving the previous last one's group
+    /// into the map; only a change of flow hashes.
+    #[inline]
+    fn flow(&mut self, key: &FlowKey) -> &mut Option<u32> {
+        if !self.last_key.is(key) {
+            self.switch_flow(key);
+        }
+        &mut self.last_group
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn switch_flow(&mut self, key: &FlowKey) {
+        if let Some(g) = self.last_group.take() {
+            self.flows.insert(self.last_key, g);
+        }
+        self.last_key = *key;
+        if !self.flows.is_empty() {
+            self.last_group = self.flows.remove(key);
         }
     }
 
@@ -197,30 +253,26 @@ impl Coalescer {
         let Some(c) = candidate(pkt, h, self.udp) else {
             // A packet of the flow written alone: later packets of the flow
             // must not join an earlier write and overtake it.
-            self.flows.remove(&key);
+            *self.flow(&key) = None;
             return self.open_alone(i);
         };
-        if let Some(&g) = self.flows.get(&key) {
+        if let Some(g) = *self.flow(&key) {
             match self.try_append(packet, g, pkt, &c) {
                 Append::Open => return g,
                 Append::Closed => {
-                    self.flows.remove(&key);
+                    self.last_group = None;
                     return g;
                 }
                 Append::Alone => {
-                    self.flows.remove(&key);
+                    self.last_group = None;
                     return self.open_alone(i);
                 }
                 Append::Restart => {}
             }
         }
         let g = self.open(i, &c);
-        if c.flags & TCP_PSH != 0 {
-            // PSH ends a super-packet; it can only be a last segment.
-            self.flows.remove(&key);
-        } else {
-            self.flows.insert(key, g);
-        }
+        // PSH ends a super-packet; it can only be a last segment.
+        self.last_group = (c.flags & TCP_PSH == 0).then_some(g);
         g
     }
 
@@ -361,26 +413,68 @@ fn candidate(pkt: &[u8], h: Headers, udp: bool) -> Option<Candidate> {
     })
 }
 
+/// Whether two byte strings are equal, compared 8 bytes at a time without
+/// a call to `memcmp` (these are short header ranges of varying length).
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (aw, at) = a.as_chunks::<8>();
+    let (bw, bt) = b.as_chunks::<8>();
+    let mut diff = 0u64;
+    for (x, y) in aw.iter().zip(bw) {
+        diff |= u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y);
+    }
+    for (x, y) in at.iter().zip(bt) {
+        diff |= u64::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Reads 4 bytes at `at` as a native-order word; callers checked bounds.
+#[inline(always)]
+fn ne32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Reads 8 bytes at `at` as a native-order word; callers checked bounds.
+#[inline(always)]
+fn ne64(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes([
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+        b[at + 6],
+        b[at + 7],
+    ])
+}
+
 /// IP header fields that must be equal (or, for the IPv4 ID, consecutive)
 /// between a group's first packet and one that joins as member `count`.
+#[inline]
 fn ip_fields_match(first: &[u8], pkt: &[u8], h: &Headers, count: u32) -> bool {
     if h.v6 {
         // Version, traffic class, flow label; next header, hop limit,
         // addresses. Only the payload length may differ.
-        first[0..4] == pkt[0..4] && first[6..40] == pkt[6..40]
+        ne32(first, 0) == ne32(pkt, 0) && same_bytes(&first[6..40], &pkt[6..40])
     } else {
         let l3 = h.l3_len;
         let id_ok = first[6] & IPV4_DF != 0
             || ip::be16(pkt, 4) == ip::be16(first, 4).wrapping_add(count as u16);
         // Version/IHL, TOS; flags, TTL, protocol; addresses and options.
         first[0..2] == pkt[0..2]
-            && first[6..10] == pkt[6..10]
-            && first[12..l3] == pkt[12..l3]
+            && ne32(first, 6) == ne32(pkt, 6)
+            && same_bytes(&first[12..l3], &pkt[12..l3])
             && id_ok
     }
 }
 
 /// TCP header fields that must follow on from the group.
+#[inline]
 fn tcp_fields_match(first: &[u8], pkt: &[u8], grp: &Group, c: &Candidate) -> bool {
     let (l3, l4) = (c.h.l3_len, c.h.l4_len);
     let a = &first[l3..l3 + l4];
@@ -392,9 +486,10 @@ fn tcp_fields_match(first: &[u8], pkt: &[u8], grp: &Group, c: &Candidate) -> boo
         && flags_ok
         // ACK number and data offset byte; window; urgent pointer (unused
         // without URG, but kept so re-segmenting is exact) and options.
-        && a[8..13] == b[8..13]
+        && ne32(a, 8) == ne32(b, 8)
+        && a[12] == b[12]
         && a[14..16] == b[14..16]
-        && a[18..] == b[18..]
+        && same_bytes(&a[18..], &b[18..])
 }
 
 /// Whether the transport checksum of a packet is right.
