@@ -77,18 +77,24 @@ c.recv(1)
 print(hashlib.sha256(data).hexdigest(), len(data), flush=True)
 "#;
 
-/// Receives datagrams until 3 s pass without one; each must be `size`
-/// bytes: a 4-byte sequence number and bytes derived from it. Prints the
-/// number of good datagrams, of bad ones, and of distinct sequence numbers.
-const UDP_RECEIVER: &str = r#"
-import hashlib, socket, sys
-size = int(sys.argv[3])
+/// The contents of datagram `seq` after its 4-byte sequence number; the
+/// two UDP scripts below start with it (`size` is their datagram size).
+const UDP_BODY: &str = r#"
+import hashlib
 def body(seq):
     out = b""
     block = hashlib.sha256(seq.to_bytes(4, "big")).digest()
     while len(out) < size - 4:
         out += block
     return out[:size - 4]
+"#;
+
+/// Receives datagrams until 3 s pass without one; each must be `size`
+/// bytes: a 4-byte sequence number and bytes derived from it. Prints the
+/// number of good datagrams, of bad ones, and of distinct sequence numbers.
+const UDP_RECEIVER: &str = r#"
+import socket, sys
+size = int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
 s.bind((sys.argv[1], int(sys.argv[2])))
@@ -116,14 +122,8 @@ print(good, bad, len(seen), flush=True)
 /// the peer's socket buffers (wireguard-go keeps the 208 KiB default) do
 /// not overflow while the test machine is busy.
 const UDP_SENDER: &str = r#"
-import hashlib, socket, sys, time
+import socket, sys, time
 size, count = int(sys.argv[3]), int(sys.argv[4])
-def body(seq):
-    out = b""
-    block = hashlib.sha256(seq.to_bytes(4, "big")).digest()
-    while len(out) < size - 4:
-        out += block
-    return out[:size - 4]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_UDP, 103, size)  # UDP_SEGMENT
 s.connect((sys.argv[1], int(sys.argv[2])))
@@ -247,7 +247,7 @@ fn udp_transfer(from: &End, to: &End) {
         "python3",
         &[
             "-c",
-            UDP_RECEIVER,
+            &format!("{UDP_BODY}{UDP_RECEIVER}"),
             to.inner_v4,
             &DATA_PORT.to_string(),
             &UDP_SIZE.to_string(),
@@ -262,7 +262,7 @@ fn udp_transfer(from: &End, to: &End) {
         "python3",
         &[
             "-c",
-            UDP_SENDER,
+            &format!("{UDP_BODY}{UDP_SENDER}"),
             to.inner_v4,
             &DATA_PORT.to_string(),
             &UDP_SIZE.to_string(),
