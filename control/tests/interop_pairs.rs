@@ -39,11 +39,12 @@
 
 mod netns;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use netns::{
-    assert_ping, iperf3_client, iperf3_server, unique_ifname, wg_set_private_key, wg_show_dump,
-    Keypair, Launch, Netns, Timed, Veth, WgDevice, WgImpl, WgPeerDump,
+    assert_ping, iperf3_client, iperf3_server, socket_addr, unique_ifname, unix_now,
+    wg_set_private_key, wg_show_dump, Keypair, Launch, Netns, Timed, Veth, WgDevice, WgImpl,
+    WgPeerDump,
 };
 
 const RESPONDER_PORT: u16 = 51820;
@@ -98,22 +99,6 @@ impl End {
     fn start(&self, launch: Launch) -> WgDevice {
         self.imp.start_with(&self.ns, &self.ifname, launch)
     }
-}
-
-/// `ip:port`, bracketed for IPv6.
-fn socket_addr(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Configures `end` with one `wg set` (private key, port, peer), then its

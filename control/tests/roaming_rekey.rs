@@ -51,11 +51,12 @@ mod netns;
 
 use std::collections::BTreeSet;
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use netns::{
-    assert_ping, iperf3_client, iperf3_server, unique_ifname, wg_set, wg_set_private_key,
-    wg_show_dump, Json, Keypair, Launch, Netns, Timed, Veth, WgDevice, WgImpl, WgPeerDump,
+    assert_ping, iperf3_client, iperf3_server, socket_addr, unique_ifname, unix_now, wg_set,
+    wg_set_private_key, wg_show_dump, Json, Keypair, Launch, Netns, Timed, Veth, WgDevice, WgImpl,
+    WgPeerDump,
 };
 
 const HUB_PORT: u16 = 51820;
@@ -68,22 +69,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 enum Outer {
     V4,
     V6,
-}
-
-/// `ip:port`, bracketed for IPv6.
-fn socket_addr(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Hub and spoke, each in its own namespace, joined by a veth, with their

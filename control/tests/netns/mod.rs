@@ -99,6 +99,23 @@ fn base36(mut n: u32) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// `ip:port`, bracketed for IPv6.
+pub fn socket_addr(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// Seconds since the Unix epoch (what `wg show dump` reports handshakes in).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A fresh interface name, `<prefix><pid, 5 digits base 36><counter base 36>`:
 /// unique among the tests of this run and of concurrent runs (other PIDs),
 /// 8 to 10 characters for a 2-character prefix (Linux allows 15). Names whose UAPI

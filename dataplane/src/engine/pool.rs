@@ -73,7 +73,7 @@ impl Pool {
     pub fn new(prefill: usize, cap: usize) -> Self {
         let mut pool = Self::shared(cap, Depot::new(0, 0));
         for _ in 0..prefill.min(cap) {
-            let b = pool.alloc(BUF_SIZE);
+            let b = pool.take(BUF_SIZE);
             pool.large.push(b);
         }
         pool
@@ -94,32 +94,32 @@ impl Pool {
     /// A large buffer ([`BUF_SIZE`]).
     #[inline]
     pub fn get(&mut self) -> Buf {
-        match self.large.pop() {
-            Some(b) => b,
-            None => match self.depot.large.1.try_recv() {
-                Ok(b) => b,
-                Err(_) => self.alloc(BUF_SIZE),
-            },
-        }
+        self.take(BUF_SIZE)
     }
 
     /// A buffer with room for `len` bytes at `HEADROOM` plus tailroom: a
     /// small one when `len + 64` fits [`SMALL_BUF_SIZE`], else a large one.
     #[inline]
     pub fn get_for(&mut self, len: usize) -> Buf {
-        if len + 64 > SMALL_BUF_SIZE {
-            return self.get();
-        }
-        match self.small.pop() {
-            Some(b) => b,
-            None => match self.depot.small.1.try_recv() {
-                Ok(b) => b,
-                Err(_) => self.alloc(SMALL_BUF_SIZE),
-            },
-        }
+        self.take(if len + 64 > SMALL_BUF_SIZE {
+            BUF_SIZE
+        } else {
+            SMALL_BUF_SIZE
+        })
     }
 
-    fn alloc(&mut self, size: usize) -> Buf {
+    /// A buffer of `size` (one of the two): from this pool's free list,
+    /// else from the depot, else newly allocated.
+    #[inline]
+    fn take(&mut self, size: usize) -> Buf {
+        let (list, depot) = if size == SMALL_BUF_SIZE {
+            (&mut self.small, &self.depot.small.1)
+        } else {
+            (&mut self.large, &self.depot.large.1)
+        };
+        if let Some(b) = list.pop().or_else(|| depot.try_recv().ok()) {
+            return b;
+        }
         self.allocated += 1;
         vec![0u8; size].into_boxed_slice()
     }

@@ -233,6 +233,20 @@ fn is_own_datagram(packet: &[u8], port: u16) -> bool {
             .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) == port)
 }
 
+/// The virtio-net header of a packet written alone.
+const VNET_NONE: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+/// Copies `header` over the [`VNET_HDR_LEN`] bytes before `pkt` and as many
+/// of its own first bytes as `header` has beyond those (a super-packet's
+/// rewritten headers); returns the write's start, length and buffer. Every
+/// decrypted packet has its 16-byte transport header free before it.
+fn with_header(pkt: Packet, header: &[u8]) -> (usize, usize, Buf) {
+    let (start, len) = (pkt.start() - VNET_HDR_LEN, pkt.len() + VNET_HDR_LEN);
+    let mut buf = pkt.into_inner();
+    buf[start..start + header.len()].copy_from_slice(header);
+    (start, len, buf)
+}
+
 /// The destination address of an IP packet.
 fn destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
@@ -621,61 +635,20 @@ impl Worker {
         }
         let mut rx = std::mem::take(&mut self.rx);
         self.queued += rx.len();
-        let Some(coalescer) = self.coalescer.as_mut() else {
-            for pkt in rx.drain(..).flatten() {
-                let (start, len) = (pkt.start() - VNET_HDR_LEN, pkt.len() + VNET_HDR_LEN);
-                let mut buf = pkt.into_inner();
-                buf[start..start + VNET_HDR_LEN].fill(0);
-                if let Err((_, buf)) = self
-                    .ops
-                    .tun_write(&mut self.ring, self.tun, buf, start, len)
-                {
-                    self.counters.backpressure += 1;
-                    self.pool.put(buf);
+        // Taken out for the loop, which needs `self` for the writes.
+        match self.coalescer.take() {
+            Some(mut coalescer) => {
+                let writes =
+                    coalescer.plan_with(rx.len(), |i| rx[i].as_ref().map_or(&[][..], |p| p.data()));
+                for w in writes {
+                    self.write_planned(&w, &mut rx);
                 }
+                self.coalescer = Some(coalescer);
             }
-            self.rx = rx;
-            self.submit_early();
-            return;
-        };
-        let writes =
-            coalescer.plan_with(rx.len(), |i| rx[i].as_ref().map_or(&[][..], |p| p.data()));
-        for w in writes {
-            let (first, rest) = w
-                .members()
-                .split_first()
-                .map_or((0, &[][..]), |(f, r)| (*f, r));
-            let Some(head) = rx.get_mut(first as usize).and_then(Option::take) else {
-                continue;
-            };
-            let header = w.header();
-            let (start, len) = (head.start() - VNET_HDR_LEN, head.len() + VNET_HDR_LEN);
-            let mut buf = head.into_inner();
-            buf[start..start + header.len()].copy_from_slice(header);
-            if rest.is_empty() {
-                if let Err((_, buf)) = self
-                    .ops
-                    .tun_write(&mut self.ring, self.tun, buf, start, len)
-                {
-                    self.counters.backpressure += 1;
-                    self.pool.put(buf);
+            None => {
+                for pkt in rx.iter_mut().filter_map(Option::take) {
+                    self.tun_write(pkt, &VNET_NONE);
                 }
-                continue;
-            }
-            let skip = w.skip();
-            let others = rest.iter().filter_map(|&m| {
-                let p = rx.get_mut(m as usize)?.take()?;
-                let (s, l) = (p.start() + skip, p.len() - skip);
-                Some((p.into_inner(), s, l))
-            });
-            let pool = &mut self.pool;
-            let parts = std::iter::once((buf, start, len)).chain(others);
-            if self
-                .ops
-                .tun_writev(&mut self.ring, self.tun, parts, |b| pool.put(b))
-                .is_err()
-            {
-                self.counters.backpressure += 1 + rest.len() as u64;
             }
         }
         // Every packet is in exactly one write; anything left is returned.
@@ -684,6 +657,50 @@ impl Worker {
         }
         self.rx = rx;
         self.submit_early();
+    }
+
+    /// Queues one planned write: a packet alone, or the members of a
+    /// super-packet as one `writev` (taken out of `rx`).
+    fn write_planned(&mut self, w: &offload::TunWrite<'_>, rx: &mut [Option<Packet>]) {
+        let Some((&first, rest)) = w.members().split_first() else {
+            return;
+        };
+        let Some(head) = rx.get_mut(first as usize).and_then(Option::take) else {
+            return;
+        };
+        if rest.is_empty() {
+            self.tun_write(head, w.header());
+            return;
+        }
+        let skip = w.skip();
+        let (start, len, buf) = with_header(head, w.header());
+        let others = rest.iter().filter_map(|&m| {
+            let p = rx.get_mut(m as usize)?.take()?;
+            let (s, l) = (p.start() + skip, p.len() - skip);
+            Some((p.into_inner(), s, l))
+        });
+        let pool = &mut self.pool;
+        let parts = std::iter::once((buf, start, len)).chain(others);
+        if self
+            .ops
+            .tun_writev(&mut self.ring, self.tun, parts, |b| pool.put(b))
+            .is_err()
+        {
+            self.counters.backpressure += 1 + rest.len() as u64;
+        }
+    }
+
+    /// Queues the write of one packet behind `header` (its virtio-net
+    /// header, all zero for a packet alone).
+    fn tun_write(&mut self, pkt: Packet, header: &[u8]) {
+        let (start, len, buf) = with_header(pkt, header);
+        if let Err((_, buf)) = self
+            .ops
+            .tun_write(&mut self.ring, self.tun, buf, start, len)
+        {
+            self.counters.backpressure += 1;
+            self.pool.put(buf);
+        }
     }
 
     fn drain_inbox(&mut self) {
