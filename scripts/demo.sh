@@ -166,7 +166,7 @@ fi
 step "Debian packages: ${APT_PACKAGES[*]}"
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    grep -q 'install ok installed' <<<"$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
     info "installing: ${missing[*]}"
@@ -317,7 +317,7 @@ for node in "${NODES[@]}"; do
         die "wg-quick up failed for $node"
     fi
     if ! PID[$node]=$(daemon_pid "$node"); then
-        ip -d -n "$(ns "$node")" link show "$(ifname "$node")" | grep -qw wireguard &&
+        grep -qw wireguard <<<"$(ip -d -n "$(ns "$node")" link show "$(ifname "$node")")" &&
             die "$node: wg-quick used the kernel's WireGuard module, not corewire (unload it: modprobe -r wireguard)"
         die "$node: no corewire process serves $(ifname "$node")"
     fi
@@ -359,7 +359,7 @@ measure() {
             >"$WORK/iperf3-server.log" 2>&1 9>&- &
         server=$!
         for ((i = 0; i < 50; i++)); do
-            in_ns "$to" ss -Hltn "sport = :$IPERF_PORT" | grep -q . && break
+            [[ -n $(in_ns "$to" ss -Hltn "sport = :$IPERF_PORT") ]] && break
             sleep 0.1
         done
         out=$(timeout $((IPERF_SECONDS + 20)) ip netns exec "$(ns "$from")" \

@@ -65,8 +65,11 @@ target=$1
 seconds=${2:-${FUZZ_SECONDS:-30}}
 sanitizer=${FUZZ_SANITIZER:-address}
 [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "SECONDS must be a positive whole number, got '$seconds'"
-cargo fuzz list | grep -qxF -- "$target" ||
-    die "no fuzz target '$target'; the targets are: $(cargo fuzz list | tr '\n' ' ')"
+# Read the whole list before matching: `grep -q` stops reading at the first
+# match, and cargo-fuzz then fails on the closed pipe (which pipefail reports).
+targets=$(cargo fuzz list)
+grep -qxF -- "$target" <<<"$targets" ||
+    die "no fuzz target '$target'; the targets are: $(tr '\n' ' ' <<<"$targets")"
 
 corpus="$FUZZ_DIR/corpus/$target"
 seeds="$FUZZ_DIR/seeds/$target"

@@ -60,7 +60,7 @@ elapsed() { echo "$(($(date +%s) - $1))s"; }
 step "Debian packages: ${APT_PACKAGES[*]}"
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    if ! grep -q 'install ok installed' <<<"$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)"; then
         missing+=("$pkg")
     fi
 done
@@ -79,7 +79,7 @@ fi
 step "Cargo tools in .tools/bin"
 for entry in "${CARGO_TOOLS[@]}"; do
     read -r crate version bin <<<"$entry"
-    if [[ -x "$TOOLS/bin/$bin" ]] && "$TOOLS/bin/$bin" --version 2>/dev/null | grep -qwF "$version"; then
+    if [[ -x "$TOOLS/bin/$bin" ]] && grep -qwF "$version" <<<"$("$TOOLS/bin/$bin" --version 2>/dev/null)"; then
         echo "$crate $version: installed"
     else
         echo "$crate $version: installing (cargo builds it from source: minutes)"
