@@ -2,7 +2,7 @@
 //!
 //! Two forms share one parser:
 //! - key tools, byte-compatible with `wg genkey`, `wg pubkey` and `wg genpsk`;
-//! - the daemon, `corewire [-f|--foreground] [--threads N] [--no-ebpf] IFNAME`,
+//! - the daemon, `corewire [-f|--foreground] [--threads N] [--pin] [--no-ebpf] IFNAME`,
 //!   in the manner of `wireguard-go`.
 
 use std::num::NonZeroUsize;
@@ -69,6 +69,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<NonZeroUsize>,
 
+    /// Pin worker i to core i. For a machine that runs this one interface and little else: two pinned instances on one machine cannot move their busy workers apart.
+    #[arg(long)]
+    pub pin: bool,
+
     /// Do not steer datagrams to their worker in the kernel (reuseport socket filter); workers then hand them over.
     #[arg(long)]
     pub no_ebpf: bool,
@@ -98,12 +102,16 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Genkey)));
 
         let cli =
-            Cli::try_parse_from(["corewire", "-f", "--threads", "4", "--no-ebpf", "wg0"]).unwrap();
+            Cli::try_parse_from(["corewire", "-f", "--threads", "4", "--no-ebpf", "--pin", "wg0"])
+                .unwrap();
         assert!(cli.command.is_none());
         assert!(cli.daemon.foreground);
         assert_eq!(cli.daemon.threads.map(NonZeroUsize::get), Some(4));
         assert!(cli.daemon.no_ebpf);
+        assert!(cli.daemon.pin);
         assert_eq!(cli.daemon.ifname.as_deref(), Some("wg0"));
+        // Unpinned unless asked.
+        assert!(!Cli::try_parse_from(["corewire", "wg0"]).unwrap().daemon.pin);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The daemon: `corewire [-f] [--threads N] IFNAME`.
+//! The daemon: `corewire [-f] [--threads N] [--pin] [--no-ebpf] IFNAME`.
 //!
 //! Startup order matters. We fork first (while single-threaded), block the
 //! termination signals (so worker threads inherit the mask), create the TUN
@@ -97,7 +97,7 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<()> {
     let mut monitor = LinkMonitor::new(ifindex).context("watching the link over netlink")?;
     let opts = EngineOptions {
         threads,
-        pin: true,
+        pin: args.pin,
         steer: !args.no_ebpf,
     };
     let mut engine = Engine::start(tun, &opts).context("starting the workers")?;

@@ -29,7 +29,8 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct EngineOptions {
     /// Worker threads (one per core by default).
     pub threads: usize,
-    /// Pin each worker to its own core.
+    /// Pin each worker to its own core (worker i to core i). Off by
+    /// default: see `docs/operations.md`.
     pub pin: bool,
     /// Steer datagrams to their owner's socket in the kernel
     /// ([`steer`](super::steer)); without it the workers hand them over.
