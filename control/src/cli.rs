@@ -101,9 +101,16 @@ mod tests {
         let cli = Cli::try_parse_from(["corewire", "genkey"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Genkey)));
 
-        let cli =
-            Cli::try_parse_from(["corewire", "-f", "--threads", "4", "--no-ebpf", "--pin", "wg0"])
-                .unwrap();
+        let cli = Cli::try_parse_from([
+            "corewire",
+            "-f",
+            "--threads",
+            "4",
+            "--no-ebpf",
+            "--pin",
+            "wg0",
+        ])
+        .unwrap();
         assert!(cli.command.is_none());
         assert!(cli.daemon.foreground);
         assert_eq!(cli.daemon.threads.map(NonZeroUsize::get), Some(4));
