@@ -15,10 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{bounded, unbounded};
 
 use super::config::{ApplyError, Change, Device, DeviceStats};
+use super::counters::Counters;
 use super::pool::Depot;
 use super::tun::Tun;
 use super::udp::UdpGroup;
-use super::worker::{worker_bits, Counters, Mailbox, Msg, Setup, UdpFds, Worker};
+use super::worker::{worker_bits, Mailbox, Msg, Setup, UdpFds, Worker};
 
 /// How long the control plane waits for every worker to report stats (a
 /// stats request changes nothing, so giving up on it is harmless).

@@ -4,6 +4,7 @@
 
 mod bufring;
 pub mod config;
+pub mod counters;
 pub mod device;
 pub mod netlink;
 pub mod offload;

@@ -22,15 +22,21 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::proto::messages::{HEADROOM, TAILROOM};
 use crate::proto::session::PacketBuf;
+
+/// Room every buffer has beyond its packet: the transport header before
+/// it, padding and tag after it, with slack.
+const ROOM: usize = 64;
+const _: () = assert!(ROOM >= HEADROOM + TAILROOM);
 
 /// Size of a large packet buffer: the largest IP packet (64 KiB, a TUN
 /// super-packet or a UDP GRO burst) plus header room.
-pub const BUF_SIZE: usize = 65536 + 64;
+pub const BUF_SIZE: usize = 65536 + ROOM;
 
 /// Size of a small packet buffer: one packet of up to
-/// [`SMALL_BUF_SIZE`]` - 64` bytes (an MTU of 1420 needs 1420 plus the 16
-/// bytes of headroom and at most 31 of padding and tag).
+/// [`SMALL_BUF_SIZE`]` - ROOM` bytes (an MTU of 1420 needs 1420 plus the
+/// 16 bytes of headroom and at most 31 of padding and tag).
 pub const SMALL_BUF_SIZE: usize = 2048;
 
 /// One packet buffer.
@@ -101,7 +107,7 @@ impl Pool {
     /// small one when `len + 64` fits [`SMALL_BUF_SIZE`], else a large one.
     #[inline]
     pub fn get_for(&mut self, len: usize) -> Buf {
-        self.take(if len + 64 > SMALL_BUF_SIZE {
+        self.take(if len + ROOM > SMALL_BUF_SIZE {
             BUF_SIZE
         } else {
             SMALL_BUF_SIZE

@@ -25,6 +25,7 @@ use io_uring::IoUring;
 
 use super::bufring::BufRing;
 use super::config::{Change, PeerConfig, PeerStats};
+use super::counters::{Counters, DropReason};
 use super::offload::{self, Coalescer, TunRead, VNET_HDR_LEN};
 use super::ops::{
     gro_segment_size, multishot_msghdr, source_address, OpKind, Ops, MAX_GSO_BYTES, MAX_SEGMENTS,
@@ -152,32 +153,6 @@ pub struct Setup {
     pub depot: Depot,
     /// Monotonic and wall-clock readings taken together at start.
     pub clock: (Instant, SystemTime),
-}
-
-/// Drop counters of one worker.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    /// Datagrams refused by the protocol core, by reason.
-    pub dropped: Drops,
-    /// TUN packets with no peer to send them to.
-    pub no_route: u64,
-    /// Packets dropped because every operation slot was busy.
-    pub backpressure: u64,
-    /// Staged packets dropped (queue full, or handshake given up).
-    pub staged_dropped: u64,
-    /// Our own datagrams that came back through the TUN (an endpoint routed
-    /// into the tunnel).
-    pub routing_loop: u64,
-    /// TUN reads that could not be turned into packets (bad virtio-net
-    /// header or a super-packet that cannot be segmented).
-    pub tun_malformed: u64,
-    /// TUN writes the kernel refused.
-    pub tun_write_errors: u64,
-    /// TUN packets handed to the worker that owns their peer.
-    pub handed_tun: u64,
-    /// Datagrams handed to the worker that owns their session or peer
-    /// (steering, when on, leaves mostly initiations here).
-    pub handed_udp: u64,
 }
 
 /// Which worker owns the peer with `key`: public keys are uniformly
@@ -1147,113 +1122,6 @@ impl Worker {
     }
 }
 
-/// Why a datagram was dropped: the protocol core's reasons plus the
-/// worker's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum DropReason {
-    /// Not a well-formed WireGuard message.
-    Malformed,
-    /// mac1 did not verify.
-    BadMac,
-    /// Over the handshake rate limit while under load.
-    RateLimited,
-    /// A handshake arrived before a private key was set.
-    NoIdentity,
-    /// An initiation from a key that is no configured peer.
-    UnknownPeer,
-    /// A message for a session index that does not exist (any more).
-    UnknownIndex,
-    /// The peer's state machine refused it (replay, stale, bad tag...).
-    RefusedByPeer,
-    /// The plaintext is not an IP packet.
-    NotIp,
-    /// The inner source address is not in the peer's allowed IPs.
-    SourceNotAllowed,
-    /// The receive buffer was too small for the datagram or its address.
-    Truncated,
-}
-
-impl DropReason {
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; 10] = [
-        DropReason::Malformed,
-        DropReason::BadMac,
-        DropReason::RateLimited,
-        DropReason::NoIdentity,
-        DropReason::UnknownPeer,
-        DropReason::UnknownIndex,
-        DropReason::RefusedByPeer,
-        DropReason::NotIp,
-        DropReason::SourceNotAllowed,
-        DropReason::Truncated,
-    ];
-
-    /// A short name for logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::BadMac => "bad mac1",
-            DropReason::RateLimited => "rate limited",
-            DropReason::NoIdentity => "no private key",
-            DropReason::UnknownPeer => "unknown peer",
-            DropReason::UnknownIndex => "unknown index",
-            DropReason::RefusedByPeer => "refused by peer",
-            DropReason::NotIp => "not ip",
-            DropReason::SourceNotAllowed => "source not allowed",
-            DropReason::Truncated => "truncated",
-        }
-    }
-}
-
-impl From<&crate::proto::interface::Drop> for DropReason {
-    fn from(d: &crate::proto::interface::Drop) -> Self {
-        use crate::proto::interface::Drop as D;
-        match d {
-            D::Malformed(_) => DropReason::Malformed,
-            D::BadMac => DropReason::BadMac,
-            D::RateLimited => DropReason::RateLimited,
-            D::NoIdentity => DropReason::NoIdentity,
-            D::UnknownPeer => DropReason::UnknownPeer,
-            D::UnknownIndex => DropReason::UnknownIndex,
-            D::Peer(_) => DropReason::RefusedByPeer,
-            D::NotIp => DropReason::NotIp,
-            D::SourceNotAllowed => DropReason::SourceNotAllowed,
-        }
-    }
-}
-
-/// Dropped datagrams by reason: one array slot per [`DropReason`], so
-/// counting a drop (a flood of garbage is many) costs an increment.
-#[derive(Default, Clone)]
-pub struct Drops([u64; DropReason::ALL.len()]);
-
-impl Drops {
-    /// Counts one drop.
-    #[inline]
-    pub fn count(&mut self, reason: DropReason) {
-        self.0[reason as usize] += 1;
-    }
-
-    /// Drops counted for `reason`.
-    pub fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason as usize]
-    }
-}
-
-impl std::fmt::Debug for Drops {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(
-                DropReason::ALL
-                    .iter()
-                    .filter(|r| self.get(**r) > 0)
-                    .map(|r| (r.name(), self.get(*r))),
-            )
-            .finish()
-    }
-}
-
 const _: () = assert!(BUF_SIZE > 65535 + HEADROOM + TAILROOM);
 
 #[cfg(test)]
@@ -1320,20 +1188,6 @@ mod tests {
         v6[24] = 0xfd;
         assert_eq!(destination(&v6), Some("fd00::".parse().unwrap()));
         assert_eq!(destination(&[0x50; 40]), None);
-    }
-
-    #[test]
-    fn drop_reasons_have_their_own_counters() {
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i, "ALL is in discriminant order");
-        }
-        let mut d = Drops::default();
-        d.count(DropReason::BadMac);
-        d.count(DropReason::BadMac);
-        d.count(DropReason::Truncated);
-        assert_eq!(d.get(DropReason::BadMac), 2);
-        assert_eq!(d.get(DropReason::Malformed), 0);
-        assert_eq!(format!("{d:?}"), r#"{"bad mac1": 2, "truncated": 1}"#);
     }
 
     #[test]

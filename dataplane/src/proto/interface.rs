@@ -142,7 +142,7 @@ pub struct Interface {
     allowed: AllowedIps<PeerId>,
     /// The last inner source address looked up in `allowed` on receive,
     /// with the answer: consecutive packets mostly come from one host.
-    /// Cleared by every change to `allowed`.
+    /// Cleared by every change to `allowed` (all go through `allowed_mut`).
     last_source: Option<(IpAddr, Option<PeerId>)>,
     limiter: RateLimiter,
     under_load_until: Option<Instant>,
@@ -250,8 +250,7 @@ impl Interface {
         peer.erase_keys(&mut self.indexes);
         self.active.remove(&id);
         self.by_key.remove(peer.public_key());
-        self.last_source = None;
-        self.allowed.remove_value(id);
+        self.allowed_mut().remove_value(id);
         self.free.push(id);
         Ok(())
     }
@@ -284,24 +283,21 @@ impl Interface {
     /// Gives `addr/cidr` to `peer`, taking it from any other peer.
     pub fn allow(&mut self, peer: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
         self.peer(peer).ok_or(ConfigError::NoSuchPeer)?;
-        self.last_source = None;
-        self.allowed.insert(addr, cidr, peer)?;
+        self.allowed_mut().insert(addr, cidr, peer)?;
         Ok(())
     }
 
     /// Takes `addr/cidr` from `peer` (no-op if another peer has it).
     pub fn disallow(&mut self, peer: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
         if self.allowed.get(addr, cidr)? == Some(peer) {
-            self.last_source = None;
-            self.allowed.remove(addr, cidr)?;
+            self.allowed_mut().remove(addr, cidr)?;
         }
         Ok(())
     }
 
     /// Removes every allowed IP of `peer`.
     pub fn clear_allowed(&mut self, peer: PeerId) {
-        self.last_source = None;
-        self.allowed.remove_value(peer);
+        self.allowed_mut().remove_value(peer);
     }
 
     /// The allowed IPs of `peer`, in the order they were given.
@@ -525,6 +521,13 @@ impl Interface {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The allowed IPs, to change: every change goes through here, which
+    /// forgets the answer [`Self::allowed_source`] remembers.
+    fn allowed_mut(&mut self) -> &mut AllowedIps<PeerId> {
+        self.last_source = None;
+        &mut self.allowed
     }
 
     /// The peer allowed to send from `source` (`self.allowed.lookup`),

@@ -1,0 +1,155 @@
+//! What a worker counts: packets it dropped and why, and packets it handed
+//! to another worker. Plain integers, one writer (the worker), reported
+//! when the worker stops.
+
+/// Drop counters of one worker.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Datagrams refused by the protocol core, by reason.
+    pub dropped: Drops,
+    /// TUN packets with no peer to send them to.
+    pub no_route: u64,
+    /// Packets dropped because every operation slot was busy.
+    pub backpressure: u64,
+    /// Staged packets dropped (queue full, or handshake given up).
+    pub staged_dropped: u64,
+    /// Our own datagrams that came back through the TUN (an endpoint routed
+    /// into the tunnel).
+    pub routing_loop: u64,
+    /// TUN reads that could not be turned into packets (bad virtio-net
+    /// header or a super-packet that cannot be segmented).
+    pub tun_malformed: u64,
+    /// TUN writes the kernel refused.
+    pub tun_write_errors: u64,
+    /// TUN packets handed to the worker that owns their peer.
+    pub handed_tun: u64,
+    /// Datagrams handed to the worker that owns their session or peer
+    /// (steering, when on, leaves mostly initiations here).
+    pub handed_udp: u64,
+}
+
+/// Why a datagram was dropped: the protocol core's reasons plus the
+/// worker's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Not a well-formed WireGuard message.
+    Malformed,
+    /// mac1 did not verify.
+    BadMac,
+    /// Over the handshake rate limit while under load.
+    RateLimited,
+    /// A handshake arrived before a private key was set.
+    NoIdentity,
+    /// An initiation from a key that is no configured peer.
+    UnknownPeer,
+    /// A message for a session index that does not exist (any more).
+    UnknownIndex,
+    /// The peer's state machine refused it (replay, stale, bad tag...).
+    RefusedByPeer,
+    /// The plaintext is not an IP packet.
+    NotIp,
+    /// The inner source address is not in the peer's allowed IPs.
+    SourceNotAllowed,
+    /// The receive buffer was too small for the datagram or its address.
+    Truncated,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Malformed,
+        DropReason::BadMac,
+        DropReason::RateLimited,
+        DropReason::NoIdentity,
+        DropReason::UnknownPeer,
+        DropReason::UnknownIndex,
+        DropReason::RefusedByPeer,
+        DropReason::NotIp,
+        DropReason::SourceNotAllowed,
+        DropReason::Truncated,
+    ];
+
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadMac => "bad mac1",
+            DropReason::RateLimited => "rate limited",
+            DropReason::NoIdentity => "no private key",
+            DropReason::UnknownPeer => "unknown peer",
+            DropReason::UnknownIndex => "unknown index",
+            DropReason::RefusedByPeer => "refused by peer",
+            DropReason::NotIp => "not ip",
+            DropReason::SourceNotAllowed => "source not allowed",
+            DropReason::Truncated => "truncated",
+        }
+    }
+}
+
+impl From<&crate::proto::interface::Drop> for DropReason {
+    fn from(d: &crate::proto::interface::Drop) -> Self {
+        use crate::proto::interface::Drop as D;
+        match d {
+            D::Malformed(_) => DropReason::Malformed,
+            D::BadMac => DropReason::BadMac,
+            D::RateLimited => DropReason::RateLimited,
+            D::NoIdentity => DropReason::NoIdentity,
+            D::UnknownPeer => DropReason::UnknownPeer,
+            D::UnknownIndex => DropReason::UnknownIndex,
+            D::Peer(_) => DropReason::RefusedByPeer,
+            D::NotIp => DropReason::NotIp,
+            D::SourceNotAllowed => DropReason::SourceNotAllowed,
+        }
+    }
+}
+
+/// Dropped datagrams by reason: one array slot per [`DropReason`], so
+/// counting a drop (a flood of garbage is many) costs an increment.
+#[derive(Default, Clone)]
+pub struct Drops([u64; DropReason::ALL.len()]);
+
+impl Drops {
+    /// Counts one drop.
+    #[inline]
+    pub fn count(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
+    }
+
+    /// Drops counted for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+}
+
+impl std::fmt::Debug for Drops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                DropReason::ALL
+                    .iter()
+                    .filter(|r| self.get(**r) > 0)
+                    .map(|r| (r.name(), self.get(*r))),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_have_their_own_counters() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "ALL is in discriminant order");
+        }
+        let mut d = Drops::default();
+        d.count(DropReason::BadMac);
+        d.count(DropReason::BadMac);
+        d.count(DropReason::Truncated);
+        assert_eq!(d.get(DropReason::BadMac), 2);
+        assert_eq!(d.get(DropReason::Malformed), 0);
+        assert_eq!(format!("{d:?}"), r#"{"bad mac1": 2, "truncated": 1}"#);
+    }
+}
