@@ -5,16 +5,10 @@
 
 use std::hint::black_box;
 
-use corewire_bench::{cipher_len, plaintext_batch, raw_key, session_pair, BATCH, MTU};
+use corewire_bench::{cipher_len, nonce, plaintext_batch, raw_key, session_pair, BATCH, MTU};
 use corewire_dataplane::proto::messages::HEADROOM;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ring::aead::{Aad, Nonce};
-
-fn nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(n)
-}
+use ring::aead::Aad;
 
 fn seal(c: &mut Criterion) {
     for len in [1420usize, 64] {

@@ -63,7 +63,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use corewire_bench::raw_key;
+use corewire_bench::{nonce, raw_key, MTU};
 use corewire_dataplane::engine::offload::virtio::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
@@ -73,11 +73,11 @@ use corewire_dataplane::engine::offload::{
 use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
 use corewire_dataplane::proto::interface::{Interface, Received};
 use corewire_dataplane::proto::keys::PrivateKey;
-use corewire_dataplane::proto::messages::{HEADROOM, TAILROOM};
+use corewire_dataplane::proto::messages::{HEADROOM, TAILROOM, TRANSPORT_MIN_LEN};
 use corewire_dataplane::proto::peer::PeerId;
 use corewire_dataplane::proto::session::PacketBuf;
 use criterion::{criterion_group, Criterion, Throughput};
-use ring::aead::{Aad, LessSafeKey, Nonce};
+use ring::aead::{Aad, LessSafeKey};
 
 /// Counts allocations while `COUNTING` is set (see `check_no_allocation`).
 struct Counting;
@@ -117,8 +117,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The tunnel MTU: the largest inner IP packet.
-const MTU: usize = 1420;
 /// IPv4 header without options.
 const IP_LEN: usize = 20;
 /// TCP header with the timestamp option, as Linux sends by default.
@@ -132,7 +130,7 @@ const MAX_GSO_BYTES: usize = 65000;
 /// Most packets the worker seals in one batch (`MAX_BATCH` in `worker.rs`).
 const MAX_BATCH: usize = 64;
 /// Transport header and tag around every sealed packet.
-const OVERHEAD: usize = 16 + 16;
+const OVERHEAD: usize = TRANSPORT_MIN_LEN;
 
 const INNER_SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const INNER_DST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -141,12 +139,6 @@ const TCP_PSH: u8 = 0x08;
 
 /// Offset of a TUN read in its buffer: the packet lands at `HEADROOM`.
 const READ_AT: usize = HEADROOM - VNET_HDR_LEN;
-
-fn nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(n)
-}
 
 /// A TCP/IPv4 packet from `INNER_SRC` to `INNER_DST` with the timestamp
 /// option and `payload` bytes; its TCP checksum field holds the folded

@@ -7,7 +7,7 @@ use std::time::Instant;
 use corewire_dataplane::proto::handshake::SessionKeys;
 use corewire_dataplane::proto::messages::{padded_len, HEADROOM, TAILROOM};
 use corewire_dataplane::proto::session::{PacketBuf, Session};
-use ring::aead::{LessSafeKey, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 /// Packets per batch in the session benchmarks: what one io_uring receive
 /// or one GSO send carries at most.
@@ -33,6 +33,14 @@ pub fn session_pair() -> (Session, Session) {
         Session::new(keys(KEY_A, KEY_B, true), now),
         Session::new(keys(KEY_B, KEY_A, false), now),
     )
+}
+
+/// The AEAD nonce WireGuard uses for `counter`: four zero bytes, then the
+/// counter little-endian.
+pub fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    Nonce::assume_unique_for_key(n)
 }
 
 /// `ring`'s raw AEAD under the sender's key: the reference we compare to.

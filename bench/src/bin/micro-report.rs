@@ -81,7 +81,7 @@ fn worker_path(dir: &Path) -> Result<()> {
         (
             "worker_decrypt_64k",
             "decrypt",
-            "47 × 1420 B datagrams (2 GRO receives)",
+            "47 × 1420 B packets in 2 GRO receives",
         ),
     ];
     let mut lines = Vec::new();
