@@ -1,6 +1,6 @@
 //! What a worker counts: packets it dropped and why, and packets it handed
-//! to another worker. Plain integers, one writer (the worker), reported
-//! when the worker stops.
+//! to another worker. Plain integers, one writer (the worker's shard),
+//! reported when the worker stops.
 
 /// Drop counters of one worker.
 #[derive(Debug, Default, Clone)]
@@ -26,6 +26,26 @@ pub struct Counters {
     /// Datagrams handed to the worker that owns their session or peer
     /// (steering, when on, leaves mostly initiations here).
     pub handed_udp: u64,
+    /// Packets that could not be handed over (no such worker, or it is gone).
+    pub handoff_dropped: u64,
+}
+
+impl Counters {
+    /// Adds `other`'s counts to these (a device's total over its workers).
+    pub fn add(&mut self, other: &Counters) {
+        for (a, b) in self.dropped.0.iter_mut().zip(other.dropped.0) {
+            *a += b;
+        }
+        self.no_route += other.no_route;
+        self.backpressure += other.backpressure;
+        self.staged_dropped += other.staged_dropped;
+        self.routing_loop += other.routing_loop;
+        self.tun_malformed += other.tun_malformed;
+        self.tun_write_errors += other.tun_write_errors;
+        self.handed_tun += other.handed_tun;
+        self.handed_udp += other.handed_udp;
+        self.handoff_dropped += other.handoff_dropped;
+    }
 }
 
 /// Why a datagram was dropped: the protocol core's reasons plus the

@@ -19,7 +19,9 @@ use super::counters::Counters;
 use super::pool::Depot;
 use super::tun::Tun;
 use super::udp::UdpGroup;
-use super::worker::{worker_bits, Mailbox, Msg, Setup, UdpFds, Worker};
+use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL};
+use super::owner::worker_bits;
+use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
 
 /// How long the control plane waits for every worker to report stats (a
 /// stats request changes nothing, so giving up on it is harmless).
@@ -51,11 +53,6 @@ pub struct Engine {
     steer: bool,
 }
 
-/// Free buffers the workers share beyond their own free lists: large
-/// (64 KiB) and small (2 KiB) ones. 32 MiB and 16 MiB at most.
-const DEPOT_LARGE: usize = 512;
-const DEPOT_SMALL: usize = 8192;
-
 /// Attaches the steering filter when asked to and useful; a kernel that
 /// refuses it costs handoffs, not correctness, so that is only logged.
 fn steer(udp: &UdpGroup, workers: usize, wanted: bool) {
@@ -83,7 +80,7 @@ impl Engine {
         let n = tun.queue_fds().len().min(opts.threads.max(1));
         let udp = UdpGroup::bind(0, n, 0).map_err(std::io::Error::other)?;
         steer(&udp, n, opts.steer);
-        let mtu = Arc::new(AtomicU32::new(tun.mtu().unwrap_or(1420)));
+        let mtu = Arc::new(AtomicU32::new(tun.mtu().unwrap_or(DEFAULT_MTU)));
         let wakes = (0..n)
             .map(|_| eventfd())
             .collect::<std::io::Result<Vec<_>>>()?;

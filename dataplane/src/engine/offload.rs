@@ -70,6 +70,7 @@ mod testutil;
 
 pub use checksum::checksum;
 pub use coalesce::{Coalescer, TunWrite, Writes};
+pub use ip::{destination, is_own_datagram};
 pub use split::{complete_checksum, parse_read, Segment, Segments, TunRead};
 pub use virtio::{VirtioNetHdr, VNET_HDR_LEN};
 
@@ -83,11 +84,9 @@ pub const TUN_OFFLOADS: libc::c_uint =
 pub const TUN_OFFLOADS_NO_USO: libc::c_uint =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
 
-/// Most packets merged into one super-packet. UDP GSO in the kernel refuses
-/// more than 64 segments (`UDP_MAX_SEGMENTS` before 6.11), and a bound keeps
-/// each write's iovec list far below `IOV_MAX`; with MTU-sized TCP segments
-/// the 64 KiB limit is reached first anyway.
-pub const MAX_SEGMENTS: usize = 64;
+/// Most packets merged into one super-packet (with MTU-sized TCP segments
+/// the 64 KiB limit is reached first anyway).
+pub use super::limits::MAX_SEGMENTS;
 
 /// Largest IP packet, and so largest super-packet: the IPv4 total length and
 /// the IPv6 payload length are 16-bit (no jumbograms through a TUN).

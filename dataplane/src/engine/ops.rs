@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use super::limits::MAX_SEGMENTS;
 use super::pool::{Buf, Packet};
 use super::udp::SockAddrBuf;
 
@@ -67,11 +68,6 @@ struct Slot {
     meta: Box<Meta>,
 }
 
-/// Most segments in one UDP GSO send (the kernel's UDP_MAX_SEGMENTS).
-pub const MAX_SEGMENTS: usize = 64;
-/// Most bytes in one UDP GSO send: the UDP payload limit over IPv6 minus
-/// slack, which also keeps it under IPv4's.
-pub const MAX_GSO_BYTES: usize = 65000;
 
 /// A finished operation.
 #[derive(Debug)]
@@ -297,34 +293,30 @@ impl Ops {
     }
 
     /// Queues one TUN write of the super-packet made of `parts`, each
-    /// `(buffer, start, len)`, in order: the first carries the virtio-net
-    /// header and the super-packet's headers, the others only payload. One
-    /// iovec per part, so no payload is copied. On error (no free slot) the
-    /// buffers go to `recycle`.
+    /// `(buffer, start, len)`, in order (drained on success): the first
+    /// carries the virtio-net header and the super-packet's headers, the
+    /// others only payload. One iovec per part, so no payload is copied.
+    /// With no free slot, or more parts than [`MAX_SEGMENTS`], or a part
+    /// outside its buffer, nothing is taken.
     pub fn tun_writev(
         &mut self,
         ring: &mut IoUring,
         fd: RawFd,
-        parts: impl Iterator<Item = (Buf, usize, usize)>,
-        mut recycle: impl FnMut(Buf),
+        parts: &mut Vec<(Buf, usize, usize)>,
     ) -> Result<(), OpError> {
+        if parts.len() > MAX_SEGMENTS || parts.iter().any(|(b, s, l)| s + l > b.len()) {
+            return Err(OpError::Full);
+        }
         let Some(id) = self.free.pop() else {
-            parts.for_each(|(b, _, _)| recycle(b));
             return Err(OpError::Full);
         };
         let slot = &mut self.slots[id as usize];
         let m = &mut *slot.meta;
-        let mut n = 0;
-        for (mut buf, start, len) in parts {
-            match m.iovs.get_mut(n) {
-                Some(iov) if start + len <= buf.len() => {
-                    iov.iov_base = buf[start..].as_mut_ptr().cast();
-                    iov.iov_len = len;
-                    slot.bufs.push(buf);
-                    n += 1;
-                }
-                _ => recycle(buf),
-            }
+        let n = parts.len();
+        for (iov, (mut buf, start, len)) in m.iovs.iter_mut().zip(parts.drain(..)) {
+            iov.iov_base = buf[start..].as_mut_ptr().cast();
+            iov.iov_len = len;
+            slot.bufs.push(buf);
         }
         slot.kind = OpKind::TunWriteGso;
         let entry = opcode::Writev::new(types::Fd(fd), m.iovs.as_ptr(), n as u32)
@@ -359,7 +351,8 @@ impl Ops {
     /// to `dst`: the kernel cuts the concatenation into datagrams of
     /// `segment` bytes (the last may be shorter). One iovec per packet, so
     /// nothing is copied. The caller keeps the count within
-    /// [`MAX_SEGMENTS`] and the bytes within [`MAX_GSO_BYTES`].
+    /// [`MAX_SEGMENTS`] and the bytes within
+    /// [`MAX_GSO_BYTES`](super::limits::MAX_GSO_BYTES).
     pub fn udp_send_gso(
         &mut self,
         ring: &mut IoUring,

@@ -5,7 +5,7 @@
 //! on a worker that does not own their session and are handed over through
 //! a channel (a cache miss, a wake-up and a buffer that ends on the other
 //! worker). A session index names its owner in its low bits
-//! ([`worker_bits`](super::worker::worker_bits)), and every message that
+//! ([`worker_bits`](super::owner::worker_bits)), and every message that
 //! carries one (response, cookie reply, transport data) has it at a fixed
 //! offset. A socket filter attached with `SO_ATTACH_REUSEPORT_CBPF` reads
 //! it and returns the owner's position in the group, which is the worker's

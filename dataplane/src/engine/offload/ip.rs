@@ -182,6 +182,49 @@ pub(super) fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
+/// The destination address of an IP packet (the route lookup's key).
+pub fn destination(packet: &[u8]) -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match packet.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        6 => {
+            let b: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `packet` is a UDP datagram sent from our listen `port`: our own
+/// encrypted traffic, routed back into our TUN because a peer's endpoint
+/// lies inside the tunnel. Sealing it again would loop (each turn 80 bytes
+/// longer) and can drag the peer's endpoint into the tunnel too, so it is
+/// dropped, as the kernel refuses such sends with ELOOP; the next packet
+/// from the peer's real address moves its endpoint back.
+pub fn is_own_datagram(packet: &[u8], port: u16) -> bool {
+    let (proto, l4) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let frag_offset = packet
+                .get(6..8)
+                .map_or(1, |b| u16::from_be_bytes([b[0], b[1]]) & 0x1fff);
+            if frag_offset != 0 {
+                return false;
+            }
+            (packet.get(9).copied(), ihl)
+        }
+        Some(6) => (packet.get(6).copied(), 40),
+        _ => return false,
+    };
+    proto == Some(PROTO_UDP)
+        && packet
+            .get(l4..l4 + 2)
+            .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) == port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +243,40 @@ mod tests {
         assert_eq!((h.v6, h.l3_len, h.l4_len), (true, 40, 20));
         let h = Headers::parse(&udp4(&Pkt::default())).unwrap();
         assert_eq!((h.proto, h.len()), (17, 28));
+    }
+    #[test]
+    fn own_datagrams_are_recognised() {
+        let mut v4 = [0u8; 28];
+        v4[0] = 0x45;
+        v4[9] = 17;
+        v4[20..22].copy_from_slice(&51820u16.to_be_bytes());
+        assert!(is_own_datagram(&v4, 51820));
+        assert!(!is_own_datagram(&v4, 51821));
+        v4[9] = 6; // TCP from that port is not ours
+        assert!(!is_own_datagram(&v4, 51820));
+        v4[9] = 17;
+        v4[7] = 1; // a later fragment has no UDP header
+        assert!(!is_own_datagram(&v4, 51820));
+        let mut v6 = [0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        v6[40..42].copy_from_slice(&51820u16.to_be_bytes());
+        assert!(is_own_datagram(&v6, 51820));
+        assert!(!is_own_datagram(&v6[..41], 51820));
+        assert!(!is_own_datagram(&[], 51820));
+    }
+
+    #[test]
+    fn destinations() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[16..20].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(destination(&v4), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(destination(&v4[..19]), None);
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[24] = 0xfd;
+        assert_eq!(destination(&v6), Some("fd00::".parse().unwrap()));
+        assert_eq!(destination(&[0x50; 40]), None);
     }
 }

@@ -1,0 +1,58 @@
+//! Every size and limit of the engine, in one place: what a worker takes
+//! in ahead of its work, how much it batches, and what it holds for a peer.
+//! Each bound is also a drop policy: beyond it, packets wait in the kernel
+//! (socket and TUN queues) or are dropped and counted.
+
+use std::time::Duration;
+
+/// The TUN MTU when the device does not report one (wg-quick's default).
+pub const DEFAULT_MTU: u32 = 1420;
+
+/// Most datagrams in one UDP GSO send (the kernel's `UDP_MAX_SEGMENTS`
+/// before 6.11) and most packets merged into one TUN super-packet; the
+/// bound also keeps each iovec list far below `IOV_MAX`.
+pub const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one UDP GSO send: the UDP payload limit over IPv6 minus
+/// slack, which also keeps it under IPv4's.
+pub const MAX_GSO_BYTES: usize = 65000;
+
+/// Provided buffers for UDP receives (shared by the IPv4 and IPv6 socket):
+/// how many datagrams (or GRO bursts) can wait between the kernel and the
+/// worker. Beyond that they wait in the socket's own buffer.
+pub const UDP_RING: u16 = 128;
+/// Provided buffers for TUN reads. Each can hold a 64 KiB super-packet, so
+/// this bounds what the worker takes in ahead of its work to 2 MiB; the
+/// rest waits in the TUN device's queue, where the kernel drops when it
+/// overflows and TCP backs off, instead of queueing in front of us.
+pub const TUN_RING: u16 = 32;
+/// Operation slots per worker: reads in flight plus room for a burst of
+/// sends and writes. When all are busy, new packets are dropped
+/// (back-pressure) instead of queueing without bound.
+pub const SLOTS: usize = 1024;
+/// Free buffers of each size a worker keeps for itself (more go to the
+/// engine's depot).
+pub const POOL_CAP: usize = 1024;
+/// Free buffers the workers share beyond their own free lists: large
+/// (64 KiB) and small (2 KiB) ones. 32 MiB and 16 MiB at most.
+pub const DEPOT_LARGE: usize = 512;
+/// See [`DEPOT_LARGE`].
+pub const DEPOT_SMALL: usize = 8192;
+
+/// Most packets sealed in one batch.
+pub const MAX_BATCH: usize = 64;
+/// Most decrypted packets held for coalescing before they are written to
+/// the TUN (they are written at the latest at the end of the loop turn).
+pub const MAX_RX_BATCH: usize = 128;
+/// Packets held per peer while its handshake runs (as wireguard-go).
+pub const MAX_STAGED: usize = 128;
+/// Packets queued for sending or writing after which they are handed to
+/// the kernel at once instead of at the end of the loop turn: a turn that
+/// drains many completions would otherwise hold its first packets back
+/// until its last are done (latency under load).
+pub const SUBMIT_EVERY: usize = 64;
+/// Configuration changes applied per loop turn, so a bulk load (a million
+/// peers) is spread over loop turns and packets keep flowing meanwhile.
+pub const APPLY_CHUNK: usize = 4096;
+/// Timer resolution: WireGuard's shortest timer is REKEY_TIMEOUT (5 s), so
+/// a tenth of a second keeps every rule within its tolerance.
+pub const TICK: Duration = Duration::from_millis(100);

@@ -1,0 +1,199 @@
+//! The way in: UDP receives (GRO bursts split), handed to the owner of
+//! their session or opened in place, and decrypted packets coalesced into
+//! TUN writes.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Handoff, Shard};
+use crate::engine::counters::DropReason;
+use crate::engine::limits::MAX_RX_BATCH;
+use crate::engine::offload::{self, VNET_HDR_LEN};
+use crate::engine::owner::{owner_of_key, receiver_index};
+use crate::engine::pool::{Buf, Packet};
+use crate::proto::interface::Received;
+use crate::proto::messages::{ControlMsg, HEADROOM};
+use crate::proto::peer::PeerId;
+use crate::proto::session::PacketBuf;
+
+/// The virtio-net header of a packet written alone.
+const VNET_NONE: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+/// Copies `header` over the [`VNET_HDR_LEN`] bytes before `pkt` and as many
+/// of its own first bytes as `header` has beyond those (a super-packet's
+/// rewritten headers); returns the write's buffer, start and length. Every
+/// decrypted packet has its 16-byte transport header free before it.
+fn with_header(pkt: Packet, header: &[u8]) -> (Buf, usize, usize) {
+    let (start, len) = (pkt.start() - VNET_HDR_LEN, pkt.len() + VNET_HDR_LEN);
+    let mut buf = pkt.into_inner();
+    buf[start..start + header.len()].copy_from_slice(header);
+    (buf, start, len)
+}
+
+impl Shard {
+    /// A UDP receive from `from` of `len` bytes at `start` in `buf`: one
+    /// datagram, handled in place where it lies, or with a GRO `segment`
+    /// size a burst of datagrams of that size (the last may be shorter), of
+    /// which the first is handled in place and the others are copied into
+    /// buffers of their own.
+    pub fn udp_received(
+        &mut self,
+        from: SocketAddr,
+        buf: Buf,
+        start: usize,
+        len: usize,
+        segment: Option<usize>,
+        now: Instant,
+    ) {
+        self.now = now;
+        if start + len > buf.len() {
+            self.counters.dropped.count(DropReason::Truncated);
+            self.pool.put(buf);
+            return;
+        }
+        let first = match segment {
+            Some(seg) if seg > 0 && seg < len => {
+                for at in (start + seg..start + len).step_by(seg) {
+                    let part = &buf[at..(at + seg).min(start + len)];
+                    let mut out = self.pool.get_for(part.len());
+                    out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
+                    if let Some(pkt) = PacketBuf::new(out, HEADROOM, part.len()) {
+                        self.gro.push(pkt);
+                    }
+                }
+                seg
+            }
+            _ => len,
+        };
+        match PacketBuf::new(buf, start, first) {
+            Some(pkt) if !pkt.is_empty() => self.on_datagram(from, pkt),
+            Some(pkt) => self.pool.put(pkt.into_inner()),
+            None => {}
+        }
+        let mut rest = std::mem::take(&mut self.gro);
+        for pkt in rest.drain(..) {
+            self.on_datagram(from, pkt);
+        }
+        self.gro = rest;
+    }
+
+    /// One datagram: handed to the owner of its session, or taken in.
+    pub(super) fn on_datagram(&mut self, from: SocketAddr, mut pkt: Packet) {
+        if self.workers > 1 {
+            if let Some(index) = receiver_index(pkt.data()) {
+                let owner = index & self.mask;
+                if owner != self.id {
+                    self.push_handoff(owner, Handoff::Udp(from, pkt));
+                    return;
+                }
+            }
+        }
+        let res = self.iface.receive(from, &mut pkt, self.now);
+        match res {
+            Received::Data {
+                peer,
+                confirmed,
+                handshake,
+            } => {
+                self.rx.push(Some(pkt));
+                if self.rx.len() >= MAX_RX_BATCH {
+                    self.flush_rx();
+                }
+                self.after_receive(peer, confirmed, handshake);
+            }
+            Received::Keepalive {
+                peer,
+                confirmed,
+                handshake,
+            } => {
+                self.pool.put(pkt.into_inner());
+                self.after_receive(peer, confirmed, handshake);
+            }
+            Received::Reply { reply, .. } => {
+                self.pool.put(pkt.into_inner());
+                self.send_control(Some(from), &reply);
+            }
+            Received::HandshakeComplete { peer, keepalive } => {
+                self.pool.put(pkt.into_inner());
+                if !self.flush_staged(peer) {
+                    let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
+                    self.send_control(endpoint, &keepalive);
+                }
+            }
+            Received::Foreign { key } => {
+                let owner = owner_of_key(&key, self.workers);
+                if owner != self.id {
+                    self.push_handoff(owner, Handoff::Udp(from, pkt));
+                } else {
+                    self.drop_datagram(DropReason::UnknownPeer, pkt);
+                }
+            }
+            Received::CookieAccepted { .. } => self.pool.put(pkt.into_inner()),
+            Received::Dropped(reason) => self.drop_datagram(DropReason::from(&reason), pkt),
+        }
+    }
+
+    fn after_receive(&mut self, peer: PeerId, confirmed: bool, handshake: Option<ControlMsg>) {
+        if let Some(h) = handshake {
+            let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
+            self.send_control(endpoint, &h);
+        }
+        if confirmed {
+            self.flush_staged(peer);
+        }
+    }
+
+    /// Plans the TUN writes of the decrypted packets gathered so far: runs
+    /// of one flow as one super-packet each (headers rewritten in the first
+    /// packet's buffer, the payloads of the others written where they lie),
+    /// the rest one write per packet, all with the virtio-net header in the
+    /// 10 bytes before the packet (every decrypted packet has its 16-byte
+    /// transport header there).
+    pub(super) fn flush_rx(&mut self) {
+        if self.rx.is_empty() {
+            return;
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        match self.coalescer.as_mut() {
+            Some(coalescer) => {
+                let writes =
+                    coalescer.plan_with(rx.len(), |i| rx[i].as_ref().map_or(&[][..], |p| p.data()));
+                for w in writes {
+                    plan_write(&mut self.out, &w, &mut rx);
+                }
+            }
+            None => {
+                for pkt in rx.iter_mut().filter_map(Option::take) {
+                    self.out.tun_parts.push(with_header(pkt, &VNET_NONE));
+                    self.out.tun_writes.push(1);
+                }
+            }
+        }
+        // Every packet is in exactly one write; anything left is returned.
+        for pkt in rx.drain(..).flatten() {
+            self.pool.put(pkt.into_inner());
+        }
+        self.rx = rx;
+    }
+}
+
+/// Queues one planned write: a packet alone, or the members of a
+/// super-packet as one write of several parts (taken out of `rx`).
+fn plan_write(out: &mut super::Out, w: &offload::TunWrite<'_>, rx: &mut [Option<Packet>]) {
+    let Some((&first, rest)) = w.members().split_first() else {
+        return;
+    };
+    let Some(head) = rx.get_mut(first as usize).and_then(Option::take) else {
+        return;
+    };
+    let before = out.tun_parts.len();
+    out.tun_parts.push(with_header(head, w.header()));
+    let skip = w.skip();
+    for &m in rest {
+        if let Some(p) = rx.get_mut(m as usize).and_then(Option::take) {
+            let (s, l) = (p.start() + skip, p.len() - skip);
+            out.tun_parts.push((p.into_inner(), s, l));
+        }
+    }
+    out.tun_writes.push(out.tun_parts.len() - before);
+}

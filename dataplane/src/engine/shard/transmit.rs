@@ -1,0 +1,254 @@
+//! The way out: TUN reads cut into packets, routed to their peer (or its
+//! owner), batched per peer, sealed in place, grouped into GSO sends;
+//! packets staged while their peer's handshake runs.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Handoff, Shard};
+use crate::engine::counters::DropReason;
+use crate::engine::limits::{MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS, MAX_STAGED};
+use crate::engine::offload::{self, TunRead, VNET_HDR_LEN};
+use crate::engine::owner::owner_of_key;
+use crate::engine::pool::{Buf, Packet};
+use crate::proto::messages::{ControlMsg, HEADROOM, TAILROOM};
+use crate::proto::peer::PeerId;
+use crate::proto::session::PacketBuf;
+
+/// Where TUN reads land in a buffer: the virtio-net header first, so the
+/// IP packet starts at `HEADROOM`, ready to be sealed in place.
+pub const TUN_READ_AT: usize = HEADROOM - VNET_HDR_LEN;
+
+impl Shard {
+    /// A TUN read of `n` bytes at [`TUN_READ_AT`] in `buf`: one packet,
+    /// sealed where it lies, or a super-packet cut into MTU-sized packets,
+    /// each copied into its own buffer.
+    pub fn tun_read(&mut self, mut buf: Buf, n: usize, now: Instant) {
+        self.now = now;
+        let end = (TUN_READ_AT + n).min(buf.len());
+        match offload::parse_read(&mut buf[TUN_READ_AT..end], self.mtu) {
+            Ok(TunRead::Packet(p)) => {
+                let len = p.len();
+                if let Some(pkt) = PacketBuf::new(buf, HEADROOM, len) {
+                    self.on_tun_packet(pkt, false);
+                }
+            }
+            Ok(TunRead::Segments(segments)) => {
+                for seg in segments {
+                    let mut out = self.pool.get_for(seg.len());
+                    let end = out.len() - TAILROOM;
+                    match seg.write(&mut out[HEADROOM..end]) {
+                        Ok(len) => {
+                            if let Some(pkt) = PacketBuf::new(out, HEADROOM, len) {
+                                self.on_tun_packet(pkt, false);
+                            }
+                        }
+                        Err(_) => {
+                            self.counters.tun_malformed += 1;
+                            self.pool.put(out);
+                        }
+                    }
+                }
+                self.pool.put(buf);
+            }
+            Err(e) => {
+                self.counters.tun_malformed += 1;
+                if self.counters.tun_malformed.is_power_of_two() {
+                    tracing::debug!(error = %e, count = self.counters.tun_malformed, "dropped a TUN read");
+                }
+                self.pool.put(buf);
+            }
+        }
+    }
+
+    /// A packet read from this worker's TUN queue (`handed` false) or
+    /// handed over by another worker (`handed` true: routed here only, never
+    /// passed on again, so workers that briefly disagree while a change is
+    /// being applied cannot bounce a packet between them).
+    pub(super) fn on_tun_packet(&mut self, pkt: Packet, handed: bool) {
+        if offload::is_own_datagram(pkt.data(), self.port) {
+            self.counters.routing_loop += 1;
+            if self.counters.routing_loop.is_power_of_two() {
+                tracing::debug!(
+                    count = self.counters.routing_loop,
+                    "dropped our own datagram from the TUN: a peer's endpoint routes into the tunnel"
+                );
+            }
+            self.pool.put(pkt.into_inner());
+            return;
+        }
+        let Some(dst) = offload::destination(pkt.data()) else {
+            self.counters.no_route += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        };
+        // Longest match over this shard's peers and, with several workers,
+        // over the other workers' peers (a tie goes to this shard: the
+        // control plane never gives one prefix to two peers, so a tie is
+        // only a change still being applied).
+        let local = self.iface.route_with_len(dst);
+        if self.workers > 1 && !handed {
+            if let Some((key, len)) = self.routes.lookup_with_len(dst) {
+                if local.is_none_or(|(_, l)| len > l) {
+                    let owner = owner_of_key(&key, self.workers);
+                    self.push_handoff(owner, Handoff::Tun(pkt));
+                    return;
+                }
+            }
+        }
+        let Some((peer, _)) = local else {
+            self.counters.no_route += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        };
+        if self.batch_peer != Some(peer) || self.batch.len() >= MAX_BATCH {
+            self.flush_batch();
+            self.batch_peer = Some(peer);
+        }
+        self.batch.push(pkt);
+    }
+
+    /// Seals the pending batch for its peer and queues the sends; what
+    /// cannot be sealed (no session yet) is staged for the handshake.
+    pub(super) fn flush_batch(&mut self) {
+        let Some(peer) = self.batch_peer.take() else {
+            return;
+        };
+        if self.batch.is_empty() {
+            return;
+        }
+        let out = self
+            .iface
+            .encrypt_batch(peer, &mut self.batch, self.mtu, self.now);
+        let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
+        if let Some(h) = out.handshake {
+            self.send_control(endpoint, &h);
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        for pkt in batch.drain(out.sealed..) {
+            self.stage(peer, pkt);
+        }
+        self.send_sealed(endpoint, &mut batch);
+        self.batch = batch;
+    }
+
+    /// Sends sealed packets for one endpoint, drained from `pkts`. Runs of
+    /// equal-size packets (a smaller one may end a run) leave as one UDP
+    /// GSO send each; everything else one datagram per send.
+    fn send_sealed(&mut self, endpoint: Option<SocketAddr>, pkts: &mut Vec<Packet>) {
+        let dst = match endpoint {
+            Some(d) if self.reachable(&d) => d,
+            _ => {
+                self.counters.no_route += pkts.len() as u64;
+                for p in pkts.drain(..) {
+                    self.pool.put(p.into_inner());
+                }
+                return;
+            }
+        };
+        if !self.gso {
+            for p in pkts.drain(..) {
+                let len = p.len();
+                self.push_transmit(dst, len, std::iter::once(p));
+            }
+            return;
+        }
+        // Cut `pkts` into runs, each sent as one GSO send.
+        let mut start = 0;
+        while start < pkts.len() {
+            let segment = pkts[start].len();
+            let mut end = start + 1;
+            let mut bytes = segment;
+            while end < pkts.len()
+                && end - start < MAX_SEGMENTS
+                && pkts[end - 1].len() == segment
+                && pkts[end].len() <= segment
+                && bytes + pkts[end].len() <= MAX_GSO_BYTES
+            {
+                bytes += pkts[end].len();
+                end += 1;
+            }
+            let count = end - start;
+            start = end;
+            self.out.transmits.push(super::Transmit {
+                dst,
+                segment,
+                count,
+            });
+        }
+        self.out.packets.append(pkts);
+    }
+
+    /// Queues one control message (handshake, keepalive, cookie reply) to
+    /// `endpoint`, copied into a buffer of its own.
+    pub(super) fn send_control(&mut self, endpoint: Option<SocketAddr>, msg: &ControlMsg) {
+        let dst = match endpoint {
+            Some(d) if self.reachable(&d) => d,
+            _ => {
+                self.counters.no_route += 1;
+                return;
+            }
+        };
+        let bytes = msg.as_bytes();
+        let mut buf = self.pool.get_for(bytes.len());
+        buf[..bytes.len()].copy_from_slice(bytes);
+        if let Some(pkt) = PacketBuf::new(buf, 0, bytes.len()) {
+            self.push_transmit(dst, bytes.len(), std::iter::once(pkt));
+        }
+    }
+
+    /// Holds `pkt` until `peer`'s handshake completes; the oldest packet
+    /// goes when [`MAX_STAGED`] wait.
+    fn stage(&mut self, peer: PeerId, pkt: Packet) {
+        let q = self.staged.entry(peer).or_default();
+        if q.len() >= MAX_STAGED {
+            if let Some(old) = q.pop_front() {
+                self.counters.staged_dropped += 1;
+                self.pool.put(old.into_inner());
+            }
+        }
+        q.push_back(pkt);
+    }
+
+    /// Sends what waited for `peer`'s handshake; false if nothing waited.
+    pub(super) fn flush_staged(&mut self, peer: PeerId) -> bool {
+        let Some(mut q) = self.staged.remove(&peer) else {
+            return false;
+        };
+        if q.is_empty() {
+            return false;
+        }
+        self.flush_batch();
+        while !q.is_empty() {
+            self.batch_peer = Some(peer);
+            let n = q.len().min(MAX_BATCH);
+            self.batch.extend(q.drain(..n));
+            self.flush_batch();
+            if self.staged.get(&peer).is_some_and(|s| !s.is_empty()) {
+                // Still no session: the rest goes back to the queue.
+                let back = self.staged.entry(peer).or_default();
+                back.extend(q.drain(..));
+            }
+        }
+        true
+    }
+
+    /// Drops what waited for `peer` (handshake given up, peer removed).
+    pub(super) fn drop_staged(&mut self, peer: PeerId, count: bool) {
+        if let Some(q) = self.staged.remove(&peer) {
+            if count {
+                self.counters.staged_dropped += q.len() as u64;
+            }
+            for p in q {
+                self.pool.put(p.into_inner());
+            }
+        }
+    }
+
+    /// Counts a datagram the protocol core or the shard refused and
+    /// recycles its buffer.
+    pub(super) fn drop_datagram(&mut self, reason: DropReason, pkt: Packet) {
+        self.counters.dropped.count(reason);
+        self.pool.put(pkt.into_inner());
+    }
+}
