@@ -19,3 +19,5 @@ pub mod server;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_memnet;
