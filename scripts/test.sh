@@ -6,7 +6,8 @@
 #
 # 1. installs what the tests need, quickly when already installed:
 #    Debian packages (APT_PACKAGES) and cargo tools into ./.tools (CARGO_TOOLS);
-# 2. cargo test --workspace;
+# 2. cargo test --workspace, then the in-memory device tests again as an
+#    unprivileged user (they must need no root);
 # 3. runs every fuzz target (`cargo fuzz list`) for FUZZ_SECONDS (default 30)
 #    each, through scripts/fuzz.sh;
 # 4. prints a summary, and exits 1 if any test or fuzz target failed (a
@@ -99,6 +100,28 @@ if cargo test --workspace --no-fail-fast; then
     note "cargo test --workspace: passed ($(elapsed "$t"))"
 else
     note "cargo test --workspace: FAILED ($(elapsed "$t")); see the output above"
+    failed=1
+fi
+
+# The in-memory device tests need no privilege: prove it by running them
+# again as nobody (the UAPI-configured devices in control's unit tests).
+step "In-memory device tests as an unprivileged user (uid 65534)"
+t=$(date +%s)
+unprivileged() {
+    local bin
+    bin=$(cargo test -p corewire --bin corewire --no-run --message-format=json 2>/dev/null |
+        sed -nE 's/.*"executable":"([^"]+)".*/\1/p' | tail -n 1)
+    [[ -n "$bin" ]] || { echo "no test binary found" >&2; return 1; }
+    if [[ $(id -u) -eq 0 ]]; then
+        setpriv --reuid=65534 --regid=65534 --clear-groups -- "$bin" tests_memnet
+    else
+        "$bin" tests_memnet
+    fi
+}
+if unprivileged; then
+    note "in-memory devices as uid 65534: passed ($(elapsed "$t"))"
+else
+    note "in-memory devices as uid 65534: FAILED ($(elapsed "$t")); see the output above"
     failed=1
 fi
 
