@@ -28,6 +28,8 @@ pub struct Counters {
     pub handed_udp: u64,
     /// Packets that could not be handed over (no such worker, or it is gone).
     pub handoff_dropped: u64,
+    /// Events lost because too many waited (a flood of drops).
+    pub events_dropped: u64,
 }
 
 impl Counters {
@@ -45,6 +47,7 @@ impl Counters {
         self.handed_tun += other.handed_tun;
         self.handed_udp += other.handed_udp;
         self.handoff_dropped += other.handoff_dropped;
+        self.events_dropped += other.events_dropped;
     }
 }
 

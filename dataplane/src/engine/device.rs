@@ -16,11 +16,11 @@ use crossbeam_channel::{bounded, unbounded};
 
 use super::config::{ApplyError, Change, Device, DeviceStats};
 use super::counters::Counters;
+use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL};
+use super::owner::worker_bits;
 use super::pool::Depot;
 use super::tun::Tun;
 use super::udp::UdpGroup;
-use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL};
-use super::owner::worker_bits;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
 
 /// How long the control plane waits for every worker to report stats (a

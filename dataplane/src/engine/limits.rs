@@ -45,6 +45,9 @@ pub const MAX_BATCH: usize = 64;
 pub const MAX_RX_BATCH: usize = 128;
 /// Packets held per peer while its handshake runs (as wireguard-go).
 pub const MAX_STAGED: usize = 128;
+/// Shard events (handshakes, cookies, drops with their source) kept
+/// between two executions of its actions; more are counted and lost.
+pub const MAX_EVENTS: usize = 256;
 /// Packets queued for sending or writing after which they are handed to
 /// the kernel at once instead of at the end of the loop turn: a turn that
 /// drains many completions would otherwise hold its first packets back

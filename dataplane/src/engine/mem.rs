@@ -21,13 +21,16 @@ use super::counters::Counters;
 use super::limits::{DEPOT_LARGE, DEPOT_SMALL, POOL_CAP};
 use super::offload::{self, TunRead, VirtioNetHdr, VNET_HDR_LEN};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
-use super::shard::{Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT};
+use super::shard::{Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
 
 /// Where a received datagram's payload starts in its buffer (after what
 /// the kernel writes first in a multishot receive: its header, the source
 /// address, the control messages).
 const RECV_AT: usize = 64;
+
+/// Events a device keeps (the oldest go first).
+const KEEP_EVENTS: usize = 4096;
 
 /// Most rounds of delivery in one [`MemNet::settle`]: a protocol bug that
 /// makes two devices answer each other forever fails instead of hanging.
@@ -159,6 +162,8 @@ pub struct MemDevice {
     pub delivered: VecDeque<Vec<u8>>,
     /// What the kernel side saw.
     pub counts: IoCounts,
+    /// The shards' latest events, oldest first.
+    pub events: VecDeque<Event>,
     spent: Vec<Buf>,
     scratch: Vec<u8>,
 }
@@ -172,7 +177,12 @@ fn hash(bytes: &[u8]) -> usize {
 
 impl MemDevice {
     /// A device at `addr` with `workers` shards and the given TUN offloads.
-    pub fn new(addr: SocketAddr, workers: u32, offload: Offload, clock: (Instant, SystemTime)) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        workers: u32,
+        offload: Offload,
+        clock: (Instant, SystemTime),
+    ) -> Self {
         let workers = workers.max(1);
         let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
         let shards = (0..workers)
@@ -197,6 +207,7 @@ impl MemDevice {
             sent: VecDeque::new(),
             delivered: VecDeque::new(),
             counts: IoCounts::default(),
+            events: VecDeque::new(),
             spent: Vec::new(),
             scratch: Vec::new(),
         }
@@ -321,6 +332,12 @@ impl MemDevice {
         for b in self.spent.drain(..) {
             shard.pool().put(b);
         }
+        for e in shard.events() {
+            if self.events.len() == KEEP_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(e);
+        }
     }
 }
 
@@ -381,7 +398,8 @@ impl MemNet {
     /// Adds a device at `addr`; returns its number.
     pub fn add(&mut self, addr: SocketAddr, workers: u32, offload: Offload) -> usize {
         let clock = (self.now, self.start.1 + (self.now - self.start.0));
-        self.devices.push(MemDevice::new(addr, workers, offload, clock));
+        self.devices
+            .push(MemDevice::new(addr, workers, offload, clock));
         self.devices.len() - 1
     }
 

@@ -68,7 +68,6 @@ struct Slot {
     meta: Box<Meta>,
 }
 
-
 /// A finished operation.
 #[derive(Debug)]
 pub struct Done {

@@ -26,7 +26,7 @@ use super::limits::{
 };
 use super::ops::{gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
-use super::shard::{Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT};
+use super::shard::{Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
 use crate::proto::messages::{HEADROOM, TAILROOM};
 
@@ -329,6 +329,14 @@ impl Worker {
             to_wake: &mut self.to_wake,
         };
         self.queued += self.shard.execute(&mut io);
+        for e in self.shard.events() {
+            match e {
+                Event::Dropped { from, reason } => {
+                    tracing::trace!(%from, %reason, "dropped a datagram");
+                }
+                other => tracing::trace!(event = ?other, "handshake"),
+            }
+        }
         if self.queued >= SUBMIT_EVERY {
             self.queued = 0;
             let _ = self.ring.submit();

@@ -39,12 +39,12 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::counters::Counters;
-use super::limits::{DEFAULT_MTU, MAX_BATCH, MAX_RX_BATCH, MAX_SEGMENTS};
+use super::limits::{DEFAULT_MTU, MAX_BATCH, MAX_EVENTS, MAX_RX_BATCH, MAX_SEGMENTS};
 use super::offload::Coalescer;
 use super::owner::worker_bits;
 use super::pool::{Buf, Packet, Pool};
 use crate::proto::allowedips::AllowedIps;
-use crate::proto::interface::Interface;
+use crate::proto::interface::{Drop, Interface};
 use crate::proto::keys::PublicKey;
 use crate::proto::peer::{PeerId, TickOutcome};
 
@@ -55,6 +55,57 @@ pub enum Handoff {
     Tun(Packet),
     /// A datagram from `SocketAddr`, for a session or peer it owns.
     Udp(SocketAddr, Packet),
+}
+
+/// Something a shard did or refused that a shell may log or count:
+/// handshakes, cookies, and datagrams dropped with their reason and source.
+/// At most [`MAX_EVENTS`] wait between two executions; beyond that they are
+/// counted in [`Counters::events_dropped`] and lost, so a flood costs a
+/// counter increment, not memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A handshake response went to `to` (this side responded).
+    ResponseSent {
+        /// The initiator.
+        peer: PeerId,
+        /// Where it went.
+        to: SocketAddr,
+    },
+    /// A cookie reply went to `to`: under load, its initiation or response
+    /// carried no valid mac2.
+    CookieSent {
+        /// Where it went.
+        to: SocketAddr,
+    },
+    /// This side's handshake with `peer` completed (it responded).
+    HandshakeComplete {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The peer's first packet under a new session confirmed it (this side
+    /// responded to the handshake).
+    SessionConfirmed {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A keepalive (empty transport message) arrived from `peer`.
+    KeepaliveReceived {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A cookie reply from `peer` was taken in: the next handshake message
+    /// carries mac2.
+    CookieAccepted {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A datagram from `from` was dropped by the protocol core.
+    Dropped {
+        /// Its source.
+        from: SocketAddr,
+        /// Why.
+        reason: Drop,
+    },
 }
 
 /// The UDP side of a shell: sends datagrams.
@@ -121,6 +172,7 @@ struct Out {
     tun_writes: Vec<usize>,
     tun_parts: Vec<(Buf, usize, usize)>,
     handoffs: Vec<(u32, Handoff)>,
+    events: Vec<Event>,
     /// Scratch for one send or write while executing.
     run: Vec<Packet>,
     parts: Vec<(Buf, usize, usize)>,
@@ -208,6 +260,7 @@ impl Shard {
                 tun_writes: Vec::with_capacity(MAX_RX_BATCH),
                 tun_parts: Vec::with_capacity(MAX_RX_BATCH),
                 handoffs: Vec::new(),
+                events: Vec::with_capacity(MAX_EVENTS),
                 run: Vec::with_capacity(MAX_SEGMENTS),
                 parts: Vec::with_capacity(MAX_SEGMENTS),
             },
@@ -311,6 +364,20 @@ impl Shard {
             || !self.out.handoffs.is_empty()
     }
 
+    /// The events since the last call (see [`Event`]).
+    pub fn events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.out.events.drain(..)
+    }
+
+    /// Packets waiting for `peer`'s handshake, oldest first.
+    pub fn staged(&self, peer: PeerId) -> impl Iterator<Item = &[u8]> {
+        self.staged
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .map(|p| p.data())
+    }
+
     /// What this shard counted.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -327,13 +394,24 @@ impl Shard {
         &mut self.pool
     }
 
-    /// The protocol state of this shard's peers (read-only).
+    /// The protocol state of this shard's peers.
     pub fn interface(&self) -> &Interface {
         &self.iface
     }
 
+    /// The protocol state, to change outside the shard's own rules (tests
+    /// that play an engine's edge cases).
+    pub fn interface_mut(&mut self) -> &mut Interface {
+        &mut self.iface
+    }
+
     /// Queues one UDP send of `pkts` (drained) to `dst`.
-    fn push_transmit(&mut self, dst: SocketAddr, segment: usize, pkts: impl Iterator<Item = Packet>) {
+    fn push_transmit(
+        &mut self,
+        dst: SocketAddr,
+        segment: usize,
+        pkts: impl Iterator<Item = Packet>,
+    ) {
         let before = self.out.packets.len();
         self.out.packets.extend(pkts);
         let count = self.out.packets.len() - before;
@@ -343,6 +421,15 @@ impl Shard {
                 segment,
                 count,
             });
+        }
+    }
+
+    /// Records an event, or counts it lost when [`MAX_EVENTS`] wait.
+    fn event(&mut self, e: Event) {
+        if self.out.events.len() < MAX_EVENTS {
+            self.out.events.push(e);
+        } else {
+            self.counters.events_dropped += 1;
         }
     }
 

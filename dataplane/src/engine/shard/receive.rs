@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Handoff, Shard};
+use super::{Event, Handoff, Shard};
 use crate::engine::counters::DropReason;
 use crate::engine::limits::MAX_RX_BATCH;
 use crate::engine::offload::{self, VNET_HDR_LEN};
 use crate::engine::owner::{owner_of_key, receiver_index};
 use crate::engine::pool::{Buf, Packet};
-use crate::proto::interface::Received;
+use crate::proto::interface::{Drop, Received};
 use crate::proto::messages::{ControlMsg, HEADROOM};
 use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
@@ -107,14 +107,20 @@ impl Shard {
                 handshake,
             } => {
                 self.pool.put(pkt.into_inner());
+                self.event(Event::KeepaliveReceived { peer });
                 self.after_receive(peer, confirmed, handshake);
             }
-            Received::Reply { reply, .. } => {
+            Received::Reply { peer, reply } => {
                 self.pool.put(pkt.into_inner());
                 self.send_control(Some(from), &reply);
+                self.event(match peer {
+                    Some(peer) => Event::ResponseSent { peer, to: from },
+                    None => Event::CookieSent { to: from },
+                });
             }
             Received::HandshakeComplete { peer, keepalive } => {
                 self.pool.put(pkt.into_inner());
+                self.event(Event::HandshakeComplete { peer });
                 if !self.flush_staged(peer) {
                     let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
                     self.send_control(endpoint, &keepalive);
@@ -125,11 +131,14 @@ impl Shard {
                 if owner != self.id {
                     self.push_handoff(owner, Handoff::Udp(from, pkt));
                 } else {
-                    self.drop_datagram(DropReason::UnknownPeer, pkt);
+                    self.refuse(from, Drop::UnknownPeer, pkt);
                 }
             }
-            Received::CookieAccepted { .. } => self.pool.put(pkt.into_inner()),
-            Received::Dropped(reason) => self.drop_datagram(DropReason::from(&reason), pkt),
+            Received::CookieAccepted { peer } => {
+                self.pool.put(pkt.into_inner());
+                self.event(Event::CookieAccepted { peer });
+            }
+            Received::Dropped(reason) => self.refuse(from, reason, pkt),
         }
     }
 
@@ -139,8 +148,17 @@ impl Shard {
             self.send_control(endpoint, &h);
         }
         if confirmed {
+            self.event(Event::SessionConfirmed { peer });
             self.flush_staged(peer);
         }
+    }
+
+    /// Drops a datagram the protocol core refused: counted by reason,
+    /// reported with its source.
+    fn refuse(&mut self, from: SocketAddr, reason: Drop, pkt: Packet) {
+        self.counters.dropped.count(DropReason::from(&reason));
+        self.pool.put(pkt.into_inner());
+        self.event(Event::Dropped { from, reason });
     }
 
     /// Plans the TUN writes of the decrypted packets gathered so far: runs

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Handoff, Shard};
-use crate::engine::counters::DropReason;
 use crate::engine::limits::{MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS, MAX_STAGED};
 use crate::engine::offload::{self, TunRead, VNET_HDR_LEN};
 use crate::engine::owner::owner_of_key;
@@ -243,12 +242,5 @@ impl Shard {
                 self.pool.put(p.into_inner());
             }
         }
-    }
-
-    /// Counts a datagram the protocol core or the shard refused and
-    /// recycles its buffer.
-    pub(super) fn drop_datagram(&mut self, reason: DropReason, pkt: Packet) {
-        self.counters.dropped.count(reason);
-        self.pool.put(pkt.into_inner());
     }
 }
