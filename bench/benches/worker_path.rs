@@ -1,81 +1,75 @@
-//! The worker's packet path in memory, against `ring`'s raw
-//! ChaCha20-Poly1305 on the same bytes in the same packets. No syscall is
-//! made; what the worker hands to the kernel (iovec lists) is built and
-//! dropped. The code mirrors the worker's (`engine/worker.rs`), whose
-//! functions are private: `on_tun_read`, `on_tun_packet`, `flush_batch`,
-//! `send_sealed` on the way out; `on_received`, `on_datagram`, `flush_rx`
-//! on the way in. One worker, so no hand-over between workers.
+//! The worker's packet path as shipped, in memory, against `ring`'s raw
+//! ChaCha20-Poly1305 on the same bytes in the same packets. Each path
+//! drives the engine's own [`Shard`] (the code the io_uring worker runs
+//! between a completion and a submission) through its public calls:
+//! `tun_read`, `udp_received`, `flush` and `execute`. The I/O side is a
+//! sink that takes what the worker would submit (the packets of each send
+//! and write, whose pointers and lengths it reads as the kernel's iovecs
+//! would) and returns the buffers to the shard's pool as completions do.
+//! No syscall is made.
+//!
+//! The tunnel: two single-worker devices of the in-memory engine, set up
+//! through configuration changes as the control plane sends them, with a
+//! handshake completed over the simulated network. The sender also holds
+//! 63 other peers with their own prefixes, so routing is a real
+//! longest-prefix match.
 //!
 //! - `worker_encrypt_64k`: one TUN read of a 64 KiB TCP/IPv4 super-packet
 //!   (virtio-net header, `GSO_TCPV4`, `NEEDS_CSUM`, MSS 1368 = MTU 1420
-//!   minus 20 bytes of IPv4 and 32 of TCP with timestamps) is parsed
-//!   (`parse_read`) and cut into 47 segments of 1420 bytes, each written
-//!   with its checksums into its own pool buffer (`Pool::get_for`: a small
-//!   one) at `HEADROOM`; each is checked against the routing-loop guard,
-//!   routed
-//!   (`Interface::route_with_len` on its destination, in a table of 64
-//!   peers), batched per peer, sealed (`Interface::encrypt_batch`) and
-//!   grouped into UDP GSO sends (runs of equal-size datagrams, at most 64
-//!   and 65,000 bytes each: 44 + 3 here), whose iovec lists are built; the
-//!   buffers then go back to the pool.
+//!   minus 20 bytes of IPv4 and 32 of TCP with timestamps) goes through
+//!   `Shard::tun_read` (cut into 47 segments of 1420 bytes, each routed,
+//!   batched), `flush` (sealed in place) and `execute` (grouped into UDP
+//!   GSO sends: 44 + 3 here).
 //! - `worker_encrypt_1420`: the same for one plain 1420-byte TCP packet read
 //!   with a partial checksum (completed in place) and sealed where it lies.
 //! - `worker_decrypt_64k`: the 47 datagrams arrive as two UDP GRO receives
 //!   (the 44 and the 3 of the two GSO sends, back to back in a buffer after
-//!   the kernel's receive header). Of each, the first datagram is opened
-//!   where it lies and the others are first copied into (small) pool
-//!   buffers of their own; each goes through `Interface::receive` (index lookup,
-//!   replay window, AEAD, allowed source, trim); `Coalescer::plan_with`
-//!   merges the batch into one TUN write, whose header is copied into the
-//!   first packet's headroom and whose iovec list is built.
+//!   the kernel's receive header) and go through `Shard::udp_received`
+//!   (first datagram opened where it lies, the others copied out first;
+//!   index lookup, replay window, AEAD, allowed source), `flush` (coalesced
+//!   into one TUN write) and `execute`.
 //!
 //! Each group has `path` and `ring`, its reference: `seal_in_place_separate_tag`
 //! or `open_in_place` over the same number of packets of the same sizes
 //! in buffers of the same sizes (for decryption, in place in the same GRO
-//! receive layout). `micro-report` divides them. The other functions time
-//! parts of the path alone, for profiling: `split` (`parse_read` and the
-//! segment writes), `memcpy` (the same bytes copied into the same buffers,
-//! the floor for `split`), `parse` (a plain packet's header write-back and
-//! `parse_read`, which completes its checksum), `receive` (the GRO receives
-//! split and every datagram through `Interface::receive`, no TUN write),
-//! `gro_copy` (the copies that split the GRO receives) and `plan`
-//! (coalescing and iovecs over packets already opened).
+//! receive layout). `micro-report` divides them. Parts, for profiling:
+//! `split` (`parse_read` and the segment writes) and `memcpy` (the same
+//! bytes copied, the floor for `split`); `parse` (a plain packet's
+//! `parse_read`); `receive` (the shard's `udp_received` for the two GRO
+//! receives, AEAD included) and `plan` (its `flush` and `execute` over the
+//! opened packets: coalescing, which verifies every merged checksum, and
+//! the write's parts).
 //!
-//! Decryption needs fresh counters every time (the replay window refuses a
-//! repeat), so every iteration first seals the 47 segments anew with the
-//! sending interface and lays the datagrams out in receive buffers,
-//! untimed: `iter_custom` times only the worker's part, per iteration (a
-//! TSC read costs ~20 ns against ~35 us of work). The `ring` reference gets
-//! the same treatment: sealed into the same layout untimed, opened timed.
-//! Both therefore open data that is warm in cache, as it is right after the
-//! kernel copied it in. In the encrypt benchmarks the TUN read is in place
-//! before the first iteration; a plain packet, sealed over its own read,
-//! gets its 62 bytes of virtio-net, IP and TCP headers written back at the
-//! start of each iteration (timed; a few nanoseconds).
+//! A TUN read is copied into its buffer untimed before each iteration (the
+//! kernel's copy is not the worker's cost). Decryption needs fresh counters
+//! every time (the replay window refuses a repeat), so every iteration
+//! first has the sending shard seal the 47 segments anew and lays its GSO
+//! sends out in receive buffers, untimed: `iter_custom` times only the
+//! receiving shard. The `ring` reference gets the same treatment.
 //!
-//! Before measuring, `main` runs every loop body with a counting allocator
-//! and panics if one allocates; it also checks that the sealed datagrams
-//! open at a receiver into exactly the segments the kernel would cut.
+//! Before measuring, `main` checks on the in-memory network that the
+//! paths deliver exactly the segments the kernel would cut (one coalesced
+//! write), and runs every timed body with a counting allocator, panicking
+//! if one allocates.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use corewire_bench::{nonce, raw_key, MTU};
+use corewire_dataplane::engine::config::{Change, Device, PeerConfig};
+use corewire_dataplane::engine::mem::MemNet;
 use corewire_dataplane::engine::offload::virtio::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
-use corewire_dataplane::engine::offload::{
-    checksum, parse_read, Coalescer, TunRead, VirtioNetHdr, MAX_SEGMENTS, VNET_HDR_LEN,
-};
+use corewire_dataplane::engine::offload::{checksum, parse_read, TunRead, VirtioNetHdr};
 use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
-use corewire_dataplane::proto::interface::{Interface, Received};
-use corewire_dataplane::proto::keys::PrivateKey;
+use corewire_dataplane::engine::shard::{Handoff, Handoffs, Shard, TunTx, UdpTx, TUN_READ_AT};
+use corewire_dataplane::engine::tun::Offload;
+use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey, PublicKey};
 use corewire_dataplane::proto::messages::{HEADROOM, TAILROOM, TRANSPORT_MIN_LEN};
-use corewire_dataplane::proto::peer::PeerId;
-use corewire_dataplane::proto::session::PacketBuf;
 use criterion::{criterion_group, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey};
 
@@ -125,10 +119,6 @@ const TCP_LEN: usize = 32;
 const MSS: usize = MTU - IP_LEN - TCP_LEN;
 /// Segments of the super-packet: as many full ones as an IP packet holds.
 const SEGMENTS: usize = (65535 - IP_LEN - TCP_LEN) / MSS;
-/// Most bytes per UDP GSO send (`MAX_GSO_BYTES` in the engine's `ops.rs`).
-const MAX_GSO_BYTES: usize = 65000;
-/// Most packets the worker seals in one batch (`MAX_BATCH` in `worker.rs`).
-const MAX_BATCH: usize = 64;
 /// Transport header and tag around every sealed packet.
 const OVERHEAD: usize = TRANSPORT_MIN_LEN;
 
@@ -137,8 +127,11 @@ const INNER_DST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
-/// Offset of a TUN read in its buffer: the packet lands at `HEADROOM`.
-const READ_AT: usize = HEADROOM - VNET_HDR_LEN;
+/// Where a UDP receive's payload starts in its buffer: after the kernel's
+/// `io_uring_recvmsg_out` (16 bytes), the source address (room for a
+/// `sockaddr_in6`, 28) and the control messages (32), as the worker's
+/// multishot receives lay them out.
+const RECV_AT: usize = 16 + 28 + 32;
 
 /// A TCP/IPv4 packet from `INNER_SRC` to `INNER_DST` with the timestamp
 /// option and `payload` bytes; its TCP checksum field holds the folded
@@ -217,309 +210,6 @@ fn segments() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The destination of an IP packet (the worker's `destination`).
-fn destination(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 => {
-            let b: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-            Some(IpAddr::V4(Ipv4Addr::from(b)))
-        }
-        6 => {
-            let b: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-            Some(IpAddr::V6(b.into()))
-        }
-        _ => None,
-    }
-}
-
-/// The UDP port the tunnel listens on.
-const LISTEN_PORT: u16 = 51820;
-
-/// Whether `packet` is a UDP datagram from our own listen port (the
-/// worker's routing-loop guard, `is_own_datagram`, checked on every packet
-/// read from the TUN).
-fn is_own_datagram(packet: &[u8], port: u16) -> bool {
-    let (proto, l4) = match packet.first().map(|b| b >> 4) {
-        Some(4) => {
-            let fragment = packet
-                .get(6..8)
-                .map_or(1, |b| u16::from_be_bytes([b[0], b[1]]) & 0x1fff);
-            if fragment != 0 {
-                return false;
-            }
-            (packet.get(9).copied(), usize::from(packet[0] & 0x0f) * 4)
-        }
-        Some(6) => (packet.get(6).copied(), 40),
-        _ => return false,
-    };
-    proto == Some(17)
-        && packet
-            .get(l4..l4 + 2)
-            .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) == port)
-}
-
-/// How the worker groups sealed datagrams of these lengths into UDP GSO
-/// sends: runs of equal size (a smaller one may end a run), at most
-/// `MAX_SEGMENTS` datagrams and `MAX_GSO_BYTES` bytes. Fills `runs` with
-/// the number of datagrams of each send.
-fn gso_runs(lens: impl IntoIterator<Item = usize>, runs: &mut Vec<usize>) {
-    runs.clear();
-    let (mut segment, mut last, mut count, mut bytes) = (0, 0, 0, 0);
-    for len in lens {
-        let fits = count > 0
-            && len <= segment
-            && last == segment
-            && count < MAX_SEGMENTS
-            && bytes + len <= MAX_GSO_BYTES;
-        if !fits && count > 0 {
-            runs.push(count);
-            (count, bytes) = (0, 0);
-        }
-        if count == 0 {
-            segment = len;
-        }
-        count += 1;
-        bytes += len;
-        last = len;
-    }
-    if count > 0 {
-        runs.push(count);
-    }
-}
-
-/// Two interfaces after a completed handshake: `a` sends to `b`. `a` also
-/// holds 63 other peers with their own prefixes, so that routing is a
-/// real longest-prefix match rather than a one-entry table.
-struct Tunnel {
-    a: Interface,
-    b: Interface,
-    /// `b` as a peer of `a`.
-    peer_b: PeerId,
-    /// `a`'s address as `b` sees it.
-    from_a: SocketAddr,
-    now: Instant,
-}
-
-fn tunnel() -> Tunnel {
-    let now = Instant::now();
-    let wall = SystemTime::now();
-    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
-    let (pka, pkb) = (ka.public_key(), kb.public_key());
-    let mut a = Interface::new(now, wall);
-    let mut b = Interface::new(now, wall);
-    a.set_private_key(Some(ka));
-    b.set_private_key(Some(kb));
-    for i in 1..64u8 {
-        let other = a
-            .add_peer(PrivateKey::generate().public_key())
-            .expect("peer");
-        a.allow(other, IpAddr::V4(Ipv4Addr::new(10, i, 0, 0)), 16)
-            .expect("prefix");
-    }
-    let peer_b = a.add_peer(pkb).expect("peer");
-    let peer_a = b.add_peer(pka).expect("peer");
-    a.allow(peer_b, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 16)
-        .expect("prefix");
-    b.allow(peer_a, IpAddr::V4(INNER_SRC), 32).expect("prefix");
-    let from_a: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
-    let from_b: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
-
-    let init = a.initiate(peer_b, now).expect("initiation");
-    let mut p = PacketBuf::new(init.as_bytes().to_vec(), 0, init.as_bytes().len()).expect("fits");
-    let Received::Reply { reply, .. } = b.receive(from_a, &mut p, now) else {
-        panic!("no handshake response")
-    };
-    let mut p = PacketBuf::new(reply.as_bytes().to_vec(), 0, reply.as_bytes().len()).expect("fits");
-    let Received::HandshakeComplete { keepalive, .. } = a.receive(from_b, &mut p, now) else {
-        panic!("handshake did not complete")
-    };
-    let len = keepalive.as_bytes().len();
-    let mut p = PacketBuf::new(keepalive.as_bytes().to_vec(), 0, len).expect("fits");
-    assert!(matches!(
-        b.receive(from_a, &mut p, now),
-        Received::Keepalive { .. }
-    ));
-    Tunnel {
-        a,
-        b,
-        peer_b,
-        from_a,
-        now,
-    }
-}
-
-/// The worker's send side for one TUN read, with no syscalls: the read
-/// buffer is filled once (the kernel's copy is not the worker's cost);
-/// everything from `parse_read` to the GSO iovec lists runs per iteration.
-struct EncryptPath {
-    iface: Interface,
-    now: Instant,
-    pool: Pool,
-    /// The TUN read buffer (taken while a plain packet is sealed in it).
-    read: Option<Buf>,
-    read_ptr: *const u8,
-    /// The read's bytes: the first `restore` are written again before each
-    /// iteration (a plain packet is sealed in place, over them).
-    template: Vec<u8>,
-    restore: usize,
-    batch: Vec<Packet>,
-    batch_peer: Option<PeerId>,
-    run: Vec<Packet>,
-    iovs: [libc::iovec; MAX_SEGMENTS],
-    /// Datagrams and sends of the last iteration (checked, then ignored).
-    datagrams: usize,
-    sends: usize,
-    /// Copies of the sealed datagrams, kept only by the preflight check.
-    capture: Option<Vec<Vec<u8>>>,
-}
-
-impl EncryptPath {
-    fn new(iface: Interface, now: Instant, gso: bool) -> Self {
-        let template = tun_read(gso);
-        let mut pool = Pool::new(MAX_BATCH + 2, MAX_BATCH + 2);
-        let mut read = pool.get();
-        read[READ_AT..READ_AT + template.len()].copy_from_slice(&template);
-        Self {
-            iface,
-            now,
-            pool,
-            read_ptr: read.as_ptr(),
-            read: Some(read),
-            restore: VNET_HDR_LEN + IP_LEN + TCP_LEN,
-            template,
-            batch: Vec::with_capacity(MAX_BATCH),
-            batch_peer: None,
-            run: Vec::with_capacity(MAX_SEGMENTS),
-            iovs: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_SEGMENTS],
-            datagrams: 0,
-            sends: 0,
-            capture: None,
-        }
-    }
-
-    /// One TUN read through to its UDP sends.
-    fn run(&mut self) {
-        self.datagrams = 0;
-        self.sends = 0;
-        let mut buf = self
-            .read
-            .take()
-            .expect("read buffer back from the last send");
-        // Headers only: a plain packet's were sealed over last time; the
-        // payload bytes' values do not change the work.
-        buf[READ_AT..READ_AT + self.restore].copy_from_slice(&self.template[..self.restore]);
-        let n = self.template.len();
-        match parse_read(&mut buf[READ_AT..READ_AT + n], MTU) {
-            Ok(TunRead::Packet(p)) => {
-                let len = p.len();
-                let pkt = PacketBuf::new(buf, HEADROOM, len).expect("packet inside the buffer");
-                self.on_tun_packet(pkt);
-            }
-            Ok(TunRead::Segments(segments)) => {
-                for s in segments {
-                    let mut b = self.pool.get_for(s.len());
-                    let end = b.len() - TAILROOM;
-                    let len = s.write(&mut b[HEADROOM..end]).expect("segment fits");
-                    let pkt = PacketBuf::new(b, HEADROOM, len).expect("segment inside the buffer");
-                    self.on_tun_packet(pkt);
-                }
-                self.read = Some(buf);
-            }
-            Err(e) => panic!("TUN read refused: {e}"),
-        }
-        self.flush_batch();
-    }
-
-    /// Part of `run` alone: the header write-back and `parse_read` (for a
-    /// plain packet, the checksum completion), nothing after.
-    fn parse_only(&mut self) {
-        let buf = self.read.as_mut().expect("read buffer");
-        buf[READ_AT..READ_AT + self.restore].copy_from_slice(&self.template[..self.restore]);
-        let n = self.template.len();
-        let read = parse_read(&mut buf[READ_AT..READ_AT + n], MTU);
-        black_box(read.is_ok());
-    }
-
-    fn on_tun_packet(&mut self, pkt: Packet) {
-        assert!(!is_own_datagram(pkt.data(), LISTEN_PORT));
-        let route = destination(pkt.data()).and_then(|d| self.iface.route_with_len(d));
-        let Some((peer, _)) = route else {
-            panic!("no route for the inner destination")
-        };
-        if self.batch_peer != Some(peer) || self.batch.len() >= MAX_BATCH {
-            self.flush_batch();
-            self.batch_peer = Some(peer);
-        }
-        self.batch.push(pkt);
-    }
-
-    fn flush_batch(&mut self) {
-        let Some(peer) = self.batch_peer.take() else {
-            return;
-        };
-        let out = self
-            .iface
-            .encrypt_batch(peer, &mut self.batch, MTU, self.now);
-        assert!(out.sealed == self.batch.len() && out.handshake.is_none());
-        let mut batch = std::mem::take(&mut self.batch);
-        self.send_sealed(&mut batch);
-        self.batch = batch;
-    }
-
-    /// The worker's `send_sealed`: one GSO send per run of equal sizes.
-    fn send_sealed(&mut self, pkts: &mut Vec<Packet>) {
-        let mut run = std::mem::take(&mut self.run);
-        let mut bytes = 0;
-        for pkt in pkts.drain(..) {
-            let segment = run.first().map_or(0, Packet::len);
-            let fits = !run.is_empty()
-                && pkt.len() <= segment
-                && run.last().is_some_and(|l| l.len() == segment)
-                && run.len() < MAX_SEGMENTS
-                && bytes + pkt.len() <= MAX_GSO_BYTES;
-            if !fits && !run.is_empty() {
-                self.send_run(&mut run);
-                bytes = 0;
-            }
-            bytes += pkt.len();
-            run.push(pkt);
-        }
-        if !run.is_empty() {
-            self.send_run(&mut run);
-        }
-        self.run = run;
-    }
-
-    /// Builds the iovec list of one send (one iovec per datagram, and the
-    /// segment size for `UDP_SEGMENT`), then recycles the buffers as the
-    /// send's completion would.
-    fn send_run(&mut self, run: &mut Vec<Packet>) {
-        let segment = run.first().map_or(0, Packet::len) as u16;
-        for (iov, pkt) in self.iovs.iter_mut().zip(run.iter()) {
-            iov.iov_base = pkt.buffer()[pkt.start()..].as_ptr().cast_mut().cast();
-            iov.iov_len = pkt.len();
-        }
-        let n = run.len().min(MAX_SEGMENTS);
-        black_box((&self.iovs[..n], segment));
-        self.datagrams += n;
-        self.sends += 1;
-        if let Some(c) = self.capture.as_mut() {
-            c.extend(run.iter().map(|p| p.data().to_vec()));
-        }
-        for pkt in run.drain(..) {
-            let buf = pkt.into_inner();
-            if buf.as_ptr() == self.read_ptr {
-                self.read = Some(buf);
-            } else {
-                self.pool.put(buf);
-            }
-        }
-    }
-}
-
 /// `ring` sealing `count` packets of `len` bytes in pool buffers at
 /// `HEADROOM`, tag into the tailroom: the encrypt path's reference. The
 /// buffers are of the size the path uses: large for a plain packet
@@ -572,7 +262,7 @@ struct SplitOnly {
 
 impl SplitOnly {
     fn new() -> Self {
-        let mut read = vec![0u8; READ_AT];
+        let mut read = vec![0u8; TUN_READ_AT];
         read.extend_from_slice(&tun_read(true));
         let mut pool = Pool::new(0, SEGMENTS);
         Self {
@@ -582,7 +272,7 @@ impl SplitOnly {
     }
 
     fn split(&mut self) {
-        let Ok(TunRead::Segments(segments)) = parse_read(&mut self.read[READ_AT..], MTU) else {
+        let Ok(TunRead::Segments(segments)) = parse_read(&mut self.read[TUN_READ_AT..], MTU) else {
             panic!("not a super-packet")
         };
         for (s, b) in segments.zip(self.bufs.iter_mut()) {
@@ -603,224 +293,291 @@ impl SplitOnly {
     }
 }
 
-/// Where a UDP receive's payload starts in its buffer: after the kernel's
-/// `io_uring_recvmsg_out` (16 bytes), the source address (room for a
-/// `sockaddr_in6`, 28) and the control messages (32), as the worker's
-/// multishot receives lay them out.
-const RECV_AT: usize = 16 + 28 + 32;
+/// Two single-worker devices of the in-memory engine after a completed
+/// handshake: device 0 (`a`) sends to device 1 (`b`).
+struct Tunnel {
+    net: MemNet,
+    from_a: SocketAddr,
+}
+
+impl Tunnel {
+    fn a(&mut self) -> &mut Shard {
+        self.net.devices[0].shard_mut(0).expect("one worker")
+    }
+
+    fn b(&mut self) -> &mut Shard {
+        self.net.devices[1].shard_mut(0).expect("one worker")
+    }
+}
+
+fn peer(key: PublicKey, endpoint: Option<SocketAddr>, prefix: (IpAddr, u8)) -> Change {
+    Change::Peer(PeerConfig {
+        public_key: key,
+        preshared_key: PresharedKey::default(),
+        endpoint,
+        persistent_keepalive: 0,
+        allowed_ips: vec![prefix],
+    })
+}
+
+fn tunnel() -> Tunnel {
+    let offload = Offload {
+        tso: true,
+        uso: true,
+    };
+    let (addr_a, addr_b): (SocketAddr, SocketAddr) = (
+        "192.0.2.1:51820".parse().expect("address"),
+        "192.0.2.2:51820".parse().expect("address"),
+    );
+    let mut net = MemNet::new();
+    let (a, b) = (net.add(addr_a, 1, offload), net.add(addr_b, 1, offload));
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let mut changes = vec![
+        Change::PrivateKey(Some(ka.clone())),
+        peer(kb.public_key(), Some(addr_b), (INNER_DST.into(), 32)),
+    ];
+    for i in 0..63u8 {
+        let other = PublicKey::from_bytes([i + 1; 32]);
+        changes.push(peer(other, None, (Ipv4Addr::new(10, 1, i, 0).into(), 24)));
+    }
+    net.devices[a].apply(changes).expect("configured");
+    net.devices[b]
+        .apply(vec![
+            Change::PrivateKey(Some(kb)),
+            peer(ka.public_key(), None, (INNER_SRC.into(), 32)),
+        ])
+        .expect("configured");
+    for d in &mut net.devices {
+        d.set_mtu(MTU);
+    }
+    let now = net.now;
+    net.devices[a].tun_send(&tcp4_partial(100, 1, TCP_ACK), now);
+    net.settle();
+    assert_eq!(
+        net.devices[b].delivered.len(),
+        1,
+        "handshake and first packet"
+    );
+    net.devices[b].delivered.clear();
+    Tunnel {
+        net,
+        from_a: addr_a,
+    }
+}
+
+/// The kernel side of the benchmark: takes what a shard submits, reads
+/// each part's pointer and length (the iovecs), and keeps the buffers for
+/// the pool; captures the sends' bytes when asked to.
+#[derive(Default)]
+struct Sink {
+    spent: Vec<Buf>,
+    sends: usize,
+    datagrams: usize,
+    writes: usize,
+    parts: usize,
+    /// The bytes of each send and its GSO segment size.
+    capture: Option<Vec<(Vec<u8>, Option<usize>)>>,
+}
+
+impl UdpTx for Sink {
+    fn send(&mut self, _dst: SocketAddr, segment: usize, pkts: &mut Vec<Packet>) -> bool {
+        self.sends += 1;
+        self.datagrams += pkts.len();
+        if let Some(c) = self.capture.as_mut() {
+            let bytes = pkts.iter().flat_map(|p| p.data().iter().copied()).collect();
+            c.push((bytes, (pkts.len() > 1).then_some(segment)));
+        }
+        for p in pkts.drain(..) {
+            black_box((p.data().as_ptr(), p.len()));
+            self.spent.push(p.into_inner());
+        }
+        true
+    }
+}
+
+impl TunTx for Sink {
+    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
+        self.writes += 1;
+        self.parts += parts.len();
+        for (b, start, len) in parts.drain(..) {
+            black_box((b[start..].as_ptr(), len));
+            self.spent.push(b);
+        }
+        true
+    }
+}
+
+impl Handoffs for Sink {
+    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
+        Err(packet)
+    }
+}
+
+impl Sink {
+    /// The shard's actions executed, and their buffers back in its pool
+    /// (what the completions of the sends and writes do).
+    fn execute(&mut self, shard: &mut Shard) {
+        shard.execute(self);
+        for b in self.spent.drain(..) {
+            shard.pool().put(b);
+        }
+    }
+}
+
+/// The shipped send side for one TUN read.
+struct EncryptPath {
+    t: Tunnel,
+    read: Vec<u8>,
+    pending: Option<Buf>,
+    sink: Sink,
+}
+
+impl EncryptPath {
+    fn new(gso: bool) -> Self {
+        Self {
+            t: tunnel(),
+            read: tun_read(gso),
+            pending: None,
+            sink: Sink::default(),
+        }
+    }
+
+    /// Untimed: the kernel's copy of the read into a pool buffer.
+    fn prepare(&mut self) {
+        let n = self.read.len();
+        let mut buf = self.t.a().pool().get();
+        buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&self.read);
+        self.pending = Some(buf);
+    }
+
+    /// Timed: the shard's `tun_read`, `flush` and `execute`.
+    fn run(&mut self) {
+        let Some(buf) = self.pending.take() else {
+            return;
+        };
+        let (n, now) = (self.read.len(), self.t.net.now);
+        let shard = self.t.net.devices[0].shard_mut(0).expect("one worker");
+        shard.tun_read(buf, n, now);
+        shard.flush(now);
+        self.sink.execute(shard);
+    }
+
+    /// Part: `parse_read` of a plain packet (completes its checksum).
+    fn parse_only(&mut self) {
+        let n = self.read.len();
+        let buf = self
+            .pending
+            .get_or_insert_with(|| vec![0u8; 70_000].into_boxed_slice());
+        buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&self.read);
+        black_box(parse_read(&mut buf[TUN_READ_AT..TUN_READ_AT + n], MTU).is_ok());
+    }
+}
 
 /// One GRO receive as the kernel leaves it: a buffer, the payload's
 /// length at `RECV_AT`, and the datagram size.
 struct GroRecv {
     buf: Buf,
     len: usize,
-    segment: usize,
+    segment: Option<usize>,
 }
 
-/// The worker's receive side for the datagrams of one super-packet: per
-/// UDP GRO receive, the first datagram is opened where it lies and the
-/// others are copied into pool buffers of their own first (the worker's
-/// `on_received`); every datagram goes through `Interface::receive`; then
-/// the opened batch is planned into TUN writes (`flush_rx`).
+/// The shipped receive side for the datagrams of one super-packet.
 struct DecryptPath {
-    tx: Interface,
-    peer: PeerId,
-    rx: Interface,
-    from: SocketAddr,
-    now: Instant,
-    pool: Pool,
-    /// The plaintext segments, as the encrypt path produces them.
-    plain: Vec<Vec<u8>>,
-    /// The sender's buffers, sealed during setup.
-    stage: Vec<PacketBuf<Vec<u8>>>,
-    /// Datagrams per GRO receive: the GSO runs they were sent in.
-    runs: Vec<usize>,
+    t: Tunnel,
+    read: Vec<u8>,
+    /// The sender's sends, captured.
+    sender: Sink,
+    sink: Sink,
     /// The receives the kernel has completed, waiting for the worker.
     incoming: Vec<GroRecv>,
-    /// A GRO receive's datagrams after the first, in their own buffers.
-    gro: Vec<Packet>,
-    /// The opened packets, in arrival order (the worker's `rx`).
-    opened: Vec<Option<Packet>>,
-    coalescer: Coalescer,
-    iovs: Vec<libc::iovec>,
+    /// The plaintext segments, for the `ring` reference.
+    plain: Vec<Vec<u8>>,
+    /// Datagrams per GRO receive: the GSO sends they came in.
+    runs: Vec<usize>,
+    pool: Pool,
     ring: LessSafeKey,
     counter: u64,
-    /// Writes and iovecs of the last iteration (checked, then ignored).
-    writes: usize,
-    parts: usize,
 }
 
 impl DecryptPath {
-    fn new(t: Tunnel) -> Self {
-        let plain = segments();
-        let stage = plain
-            .iter()
-            .map(|p| {
-                let v = vec![0u8; HEADROOM + p.len() + TAILROOM];
-                PacketBuf::new(v, HEADROOM, p.len()).expect("fits")
-            })
-            .collect();
-        // The GRO receives mirror the GSO sends: one per run.
-        let mut runs = Vec::new();
-        gso_runs(plain.iter().map(|p| p.len() + OVERHEAD), &mut runs);
-        Self {
-            tx: t.a,
-            peer: t.peer_b,
-            rx: t.b,
-            from: t.from_a,
-            now: t.now,
-            pool: Pool::new(2 * MAX_BATCH, 2 * MAX_BATCH),
-            incoming: Vec::with_capacity(runs.len()),
-            runs,
-            plain,
-            stage,
-            gro: Vec::with_capacity(MAX_SEGMENTS),
-            opened: Vec::with_capacity(2 * MAX_BATCH),
-            coalescer: Coalescer::new(true),
-            iovs: Vec::with_capacity(MAX_SEGMENTS + 1),
+    fn new() -> Self {
+        let mut d = Self {
+            t: tunnel(),
+            read: tun_read(true),
+            sender: Sink {
+                capture: Some(Vec::new()),
+                ..Sink::default()
+            },
+            sink: Sink::default(),
+            incoming: Vec::new(),
+            plain: segments(),
+            runs: Vec::new(),
+            pool: Pool::new(4, 8),
             ring: raw_key(),
             counter: 0,
-            writes: 0,
-            parts: 0,
-        }
+        };
+        d.prepare();
+        d.runs = d
+            .incoming
+            .iter()
+            .map(|r| r.segment.map_or(1, |s| r.len.div_ceil(s)))
+            .collect();
+        d.recycle_incoming();
+        d
     }
 
-    /// Untimed: the sender seals the segments with fresh counters and the
-    /// "kernel" lays the datagrams out in receive buffers, one per GSO run.
+    /// Untimed: the sending shard seals the segments with fresh counters
+    /// and the "kernel" lays its GSO sends out in the receiver's buffers,
+    /// one GRO receive per send.
     fn prepare(&mut self) {
-        for (pkt, p) in self.stage.iter_mut().zip(&self.plain) {
-            assert!(pkt.set_bounds(HEADROOM, p.len()));
-            pkt.data_mut().copy_from_slice(p);
-        }
-        let out = self
-            .tx
-            .encrypt_batch(self.peer, &mut self.stage, MTU, self.now);
-        assert_eq!(out.sealed, self.stage.len());
-        let mut sealed = self.stage.iter();
-        for &count in &self.runs {
-            let mut buf = self.pool.get();
-            let (mut len, mut segment) = (0, 0);
-            for pkt in sealed.by_ref().take(count) {
-                let d = pkt.data();
-                segment = segment.max(d.len());
-                buf[RECV_AT + len..RECV_AT + len + d.len()].copy_from_slice(d);
-                len += d.len();
-            }
-            self.incoming.push(GroRecv { buf, len, segment });
+        let n = self.read.len();
+        let now = self.t.net.now;
+        let a = self.t.net.devices[0].shard_mut(0).expect("one worker");
+        let mut buf = a.pool().get();
+        buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&self.read);
+        a.tun_read(buf, n, now);
+        a.flush(now);
+        self.sender.execute(a);
+        let sends = self.sender.capture.as_mut().map(std::mem::take);
+        let b = self.t.b();
+        for (bytes, segment) in sends.into_iter().flatten() {
+            let mut buf = b.pool().get();
+            buf[RECV_AT..RECV_AT + bytes.len()].copy_from_slice(&bytes);
+            self.incoming.push(GroRecv {
+                buf,
+                len: bytes.len(),
+                segment,
+            });
         }
     }
 
-    /// Timed: split the GRO receives, open every datagram, plan the TUN
-    /// writes and build their iovecs; then the buffers go back to the pool
-    /// as the writes' completions would return them.
+    fn recycle_incoming(&mut self) {
+        for r in self.incoming.drain(..) {
+            self.t.b().pool().put(r.buf);
+        }
+    }
+
+    /// Timed: the receiving shard's `udp_received`, `flush` and `execute`.
     fn run(&mut self) {
         self.receive_all();
-        self.flush_rx();
-        self.recycle();
+        self.plan();
     }
 
-    /// Untimed set-up of the `receive` part: the last batch's buffers
-    /// returned, fresh datagrams laid out.
-    fn recycle_and_prepare(&mut self) {
-        self.recycle();
-        self.prepare();
-    }
-
+    /// Part: the shard's `udp_received` for each GRO receive.
     fn receive_all(&mut self) {
-        let mut incoming = std::mem::take(&mut self.incoming);
-        for r in incoming.drain(..) {
-            self.on_received(r);
-        }
-        self.incoming = incoming;
-    }
-
-    fn recycle(&mut self) {
-        for pkt in self.opened.drain(..).flatten() {
-            self.pool.put(pkt.into_inner());
+        let (from, now) = (self.t.from_a, self.t.net.now);
+        let b = self.t.net.devices[1].shard_mut(0).expect("one worker");
+        for r in self.incoming.drain(..) {
+            b.udp_received(from, r.buf, RECV_AT, r.len, r.segment, now);
         }
     }
 
-    /// The worker's `on_received` for a GRO receive.
-    fn on_received(&mut self, r: GroRecv) {
-        let GroRecv { buf, len, segment } = r;
-        let (start, end) = (RECV_AT, RECV_AT + len);
-        if segment < len {
-            for at in (start + segment..end).step_by(segment) {
-                let part = &buf[at..(at + segment).min(end)];
-                let mut out = self.pool.get_for(part.len());
-                out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
-                let pkt = PacketBuf::new(out, HEADROOM, part.len()).expect("inside the buffer");
-                self.gro.push(pkt);
-            }
-        }
-        let first = PacketBuf::new(buf, start, segment.min(len)).expect("inside the buffer");
-        self.on_datagram(first);
-        let mut rest = std::mem::take(&mut self.gro);
-        for pkt in rest.drain(..) {
-            self.on_datagram(pkt);
-        }
-        self.gro = rest;
-    }
-
-    fn on_datagram(&mut self, mut pkt: Packet) {
-        match self.rx.receive(self.from, &mut pkt, self.now) {
-            Received::Data { .. } => self.opened.push(Some(pkt)),
-            other => panic!("datagram not delivered: {other:?}"),
-        }
-    }
-
-    /// The worker's `flush_rx`: `Coalescer::plan_with` over the opened
-    /// packets and one write each, its header copied to end where the
-    /// first packet's payload starts (10 bytes into its headroom), one
-    /// iovec from there to its end and one per other member from `skip`.
-    fn flush_rx(&mut self) {
-        let Self {
-            opened,
-            coalescer,
-            iovs,
-            ..
-        } = self;
-        let writes = coalescer.plan_with(opened.len(), |i| {
-            opened[i].as_ref().map_or(&[][..], |p| p.data())
-        });
-        // The plan names packets by index; the iovecs point into their
-        // buffers, which stay where they are (the worker moves them into
-        // the write's slot, which does not move the bytes).
-        let (mut count, mut parts) = (0, 0);
-        for w in writes {
-            let Some((&first, rest)) = w.members().split_first() else {
-                continue;
-            };
-            let Some(head) = opened[first as usize].as_mut() else {
-                continue;
-            };
-            let header = w.header();
-            let (start, len) = (head.start() - VNET_HDR_LEN, head.len() + VNET_HDR_LEN);
-            // PacketBuf gives no mutable access before the packet: widen
-            // its bounds over the header, write, and put them back.
-            assert!(head.set_bounds(start, len));
-            head.data_mut()[..header.len()].copy_from_slice(header);
-            iovs.clear();
-            iovs.push(libc::iovec {
-                iov_base: head.data_mut().as_mut_ptr().cast(),
-                iov_len: len,
-            });
-            assert!(head.set_bounds(start + VNET_HDR_LEN, len - VNET_HDR_LEN));
-            let skip = w.skip();
-            for &m in rest {
-                if let Some(p) = opened[m as usize].as_mut() {
-                    iovs.push(libc::iovec {
-                        iov_base: p.data_mut()[skip..].as_mut_ptr().cast(),
-                        iov_len: p.len() - skip,
-                    });
-                }
-            }
-            black_box(&iovs[..]);
-            count += 1;
-            parts += iovs.len();
-        }
-        self.writes = count;
-        self.parts = parts;
+    /// Part: the shard's `flush` and `execute` over the opened packets.
+    fn plan(&mut self) {
+        let now = self.t.net.now;
+        let b = self.t.net.devices[1].shard_mut(0).expect("one worker");
+        b.flush(now);
+        self.sink.execute(b);
     }
 
     /// Untimed: `ring` seals the same plaintexts into the same layout.
@@ -842,7 +599,11 @@ impl DecryptPath {
                 segment = segment.max(d.len());
                 len += d.len();
             }
-            self.incoming.push(GroRecv { buf, len, segment });
+            self.incoming.push(GroRecv {
+                buf,
+                len,
+                segment: Some(segment),
+            });
         }
     }
 
@@ -851,8 +612,8 @@ impl DecryptPath {
         let mut counter = self.counter - self.plain.len() as u64;
         for r in self.incoming.drain(..) {
             let mut buf = r.buf;
-            let datagrams = buf[RECV_AT..RECV_AT + r.len].chunks_mut(r.segment);
-            for d in datagrams {
+            let segment = r.segment.unwrap_or(r.len);
+            for d in buf[RECV_AT..RECV_AT + r.len].chunks_mut(segment) {
                 let out = self
                     .ring
                     .open_in_place(nonce(counter), Aad::empty(), &mut d[16..])
@@ -861,19 +622,6 @@ impl DecryptPath {
                 counter += 1;
             }
             self.pool.put(buf);
-        }
-    }
-
-    /// Part of `run` alone: the copies that split the GRO receives.
-    fn gro_copy(&mut self) {
-        for r in &self.incoming {
-            let end = RECV_AT + r.len;
-            for at in (RECV_AT + r.segment..end).step_by(r.segment) {
-                let part = &r.buf[at..(at + r.segment).min(end)];
-                let mut out = self.pool.get_for(part.len());
-                out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
-                self.pool.put(black_box(out));
-            }
         }
     }
 }
@@ -903,9 +651,12 @@ fn encrypt(c: &mut Criterion) {
     for (gso, name) in [(true, "worker_encrypt_64k"), (false, "worker_encrypt_1420")] {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Bytes(inner_bytes(gso)));
-        let t = tunnel();
-        let mut path = EncryptPath::new(t.a, t.now, gso);
-        g.bench_function("path", |b| b.iter(|| path.run()));
+        let mut path = EncryptPath::new(gso);
+        g.bench_function("path", |b| {
+            b.iter_custom(|iters| {
+                timed_after(iters, &mut path, EncryptPath::prepare, EncryptPath::run)
+            })
+        });
         let (count, len) = if gso { (SEGMENTS, MTU) } else { (1, MTU) };
         let mut raw = RawSeal::new(count, len, !gso);
         g.bench_function("ring", |b| b.iter(|| raw.run()));
@@ -924,7 +675,7 @@ fn encrypt(c: &mut Criterion) {
 fn decrypt(c: &mut Criterion) {
     let mut g = c.benchmark_group("worker_decrypt_64k");
     g.throughput(Throughput::Bytes(inner_bytes(true)));
-    let mut d = DecryptPath::new(tunnel());
+    let mut d = DecryptPath::new();
     g.bench_function("path", |b| {
         b.iter_custom(|iters| timed_after(iters, &mut d, DecryptPath::prepare, DecryptPath::run))
     });
@@ -938,25 +689,32 @@ fn decrypt(c: &mut Criterion) {
             )
         })
     });
-    // The parts alone: splitting the GRO receives into buffers (copies),
-    // and over packets opened once, the coalescer (which verifies every
-    // merged packet's checksum) with the iovecs.
     g.bench_function("receive", |b| {
         b.iter_custom(|iters| {
-            timed_after(
-                iters,
-                &mut d,
-                DecryptPath::recycle_and_prepare,
-                DecryptPath::receive_all,
-            )
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                d.prepare();
+                let t = Instant::now();
+                d.receive_all();
+                total += t.elapsed();
+                d.plan();
+            }
+            total
         })
     });
-    d.recycle();
-    d.prepare();
-    g.bench_function("gro_copy", |b| b.iter(|| d.gro_copy()));
-    d.receive_all();
-    g.bench_function("plan", |b| b.iter(|| d.flush_rx()));
-    d.recycle();
+    g.bench_function("plan", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                d.prepare();
+                d.receive_all();
+                let t = Instant::now();
+                d.plan();
+                total += t.elapsed();
+            }
+            total
+        })
+    });
     g.finish();
 }
 
@@ -981,50 +739,21 @@ fn check_no_allocation(name: &str, mut prepare: impl FnMut(), mut body: impl FnM
 /// Checks, before measuring, that the paths do the work they claim and
 /// allocate nothing while doing it.
 fn preflight() {
-    // The encrypt path's datagrams open into the segments the kernel
-    // would cut (valid IPv4/TCP packets: the coalescer, which checks every
-    // checksum, merges them back into one write).
-    let t = tunnel();
-    let (mut rx, from) = (t.b, t.from_a);
-    let mut path = EncryptPath::new(t.a, t.now, true);
-    path.capture = Some(Vec::new());
-    path.run();
-    assert_eq!((path.datagrams, path.sends), (SEGMENTS, 2));
-    let mut opened = Vec::new();
-    for d in path.capture.take().expect("captured") {
-        let len = d.len();
-        let mut d = PacketBuf::new(d, 0, len).expect("fits");
-        assert!(matches!(
-            rx.receive(from, &mut d, t.now),
-            Received::Data { .. }
-        ));
-        opened.push(d.data().to_vec());
-    }
-    assert_eq!(opened, segments());
-    let mut coalescer = Coalescer::new(true);
-    let writes: Vec<usize> = coalescer.plan(&opened).map(|w| w.members().len()).collect();
-    assert_eq!(
-        writes,
-        [SEGMENTS],
-        "segments not merged back into one write"
-    );
-
-    let t = tunnel();
-    let (mut rx, from) = (t.b, t.from_a);
-    let mut single = EncryptPath::new(t.a, t.now, false);
-    single.capture = Some(Vec::new());
-    single.run();
-    assert_eq!((single.datagrams, single.sends), (1, 1));
-    let mut d = single.capture.take().expect("captured");
-    let len = d[0].len();
-    let mut d = PacketBuf::new(d.remove(0), 0, len).expect("fits");
-    assert!(matches!(
-        rx.receive(from, &mut d, t.now),
-        Received::Data { .. }
-    ));
-    // parse_read completed the TCP checksum: pseudo-header and segment sum
-    // to zero.
-    let pkt = d.data();
+    // On the in-memory network, the same shards deliver exactly the
+    // segments the kernel would cut, sent as two GSO sends and written as
+    // one coalesced super-packet (the coalescer checks every checksum).
+    let mut t = tunnel();
+    let now = t.net.now;
+    t.net.devices[0].tun_read(&tun_read(true), now);
+    t.net.settle();
+    let delivered: Vec<Vec<u8>> = t.net.devices[1].delivered.drain(..).collect();
+    assert!(delivered == segments(), "delivered segments differ");
+    assert_eq!(t.net.devices[0].counts.udp_gso_sends, 2);
+    assert_eq!(t.net.devices[1].counts.tun_super_writes, 1);
+    // A plain packet arrives with its TCP checksum completed.
+    t.net.devices[0].tun_read(&tun_read(false), now);
+    t.net.settle();
+    let pkt = t.net.devices[1].delivered.pop_front().expect("delivered");
     assert_eq!(pkt.len(), MTU);
     let mut sum = pkt[12..20].to_vec();
     sum.extend_from_slice(&[0, 6]);
@@ -1032,41 +761,46 @@ fn preflight() {
     sum.extend_from_slice(&pkt[IP_LEN..]);
     assert_eq!(checksum(&sum), 0, "TCP checksum not completed");
 
-    // The decrypt path delivers the segments, merged into one write.
-    let mut d = DecryptPath::new(tunnel());
+    // The benchmarked paths do the same work.
+    let mut path = EncryptPath::new(true);
+    path.prepare();
+    path.run();
+    assert_eq!((path.sink.datagrams, path.sink.sends), (SEGMENTS, 2));
+    let mut single = EncryptPath::new(false);
+    single.prepare();
+    single.run();
+    assert_eq!((single.sink.datagrams, single.sink.sends), (1, 1));
+    let mut d = DecryptPath::new();
     d.prepare();
-    d.receive_all();
-    let delivered: Vec<&[u8]> = d.opened.iter().flatten().map(|p| p.data()).collect();
-    assert_eq!(delivered, d.plain);
-    d.flush_rx();
-    assert_eq!((d.writes, d.parts), (1, SEGMENTS));
-    d.recycle();
+    d.run();
+    assert_eq!((d.sink.writes, d.sink.parts), (1, SEGMENTS));
+    assert_eq!(d.runs.iter().sum::<usize>(), SEGMENTS);
 
-    let nothing = || {};
-    check_no_allocation("worker_encrypt_64k/path", nothing, || path.run());
-    check_no_allocation("worker_encrypt_1420/path", nothing, || single.run());
-    check_no_allocation("worker_encrypt_1420/parse", nothing, || single.parse_only());
     let d = std::cell::RefCell::new(d);
+    let path = std::cell::RefCell::new(path);
+    check_no_allocation(
+        "worker_encrypt_64k/path",
+        || path.borrow_mut().prepare(),
+        || path.borrow_mut().run(),
+    );
+    let single = std::cell::RefCell::new(single);
+    check_no_allocation(
+        "worker_encrypt_1420/path",
+        || single.borrow_mut().prepare(),
+        || single.borrow_mut().run(),
+    );
+    check_no_allocation(
+        "worker_encrypt_1420/parse",
+        || {},
+        || single.borrow_mut().parse_only(),
+    );
     check_no_allocation(
         "worker_decrypt_64k/path",
         || d.borrow_mut().prepare(),
         || d.borrow_mut().run(),
     );
-    check_no_allocation(
-        "worker_decrypt_64k/receive",
-        || d.borrow_mut().recycle_and_prepare(),
-        || d.borrow_mut().receive_all(),
-    );
-    let mut d = d.into_inner();
-    d.recycle();
-    d.prepare();
-    check_no_allocation("worker_decrypt_64k/gro_copy", nothing, || d.gro_copy());
-    d.receive_all();
-    check_no_allocation("worker_decrypt_64k/plan", nothing, || d.flush_rx());
-    d.recycle();
     let mut raw = RawSeal::new(SEGMENTS, MTU, false);
-    check_no_allocation("worker_encrypt_64k/ring", nothing, || raw.run());
-    let d = std::cell::RefCell::new(d);
+    check_no_allocation("worker_encrypt_64k/ring", || {}, || raw.run());
     check_no_allocation(
         "worker_decrypt_64k/ring",
         || d.borrow_mut().prepare_ring(),

@@ -1,9 +1,10 @@
 //! Reads criterion's estimates from `target/criterion` and prints the
 //! figures corewire tracks: session seal/open throughput as a ratio of raw
 //! `ring` AEAD on the same bytes, handshakes per second per core, and the
-//! worker's whole encrypt and decrypt paths (TUN offload, routing, sealing
-//! or opening, GSO/GRO batching; `benches/worker_path.rs`) as a ratio of
-//! raw `ring` on the same packets, with what their parts cost.
+//! worker's whole encrypt and decrypt paths as shipped (the engine's
+//! `Shard`: TUN offload, routing, sealing or opening, GSO/GRO batching;
+//! `benches/worker_path.rs`) as a ratio of raw `ring` on the same packets,
+//! with what their parts cost.
 //!
 //! Run after `cargo bench -p corewire-bench`:
 //! `cargo run -p corewire-bench --bin micro-report [CRITERION_DIR]`.
@@ -120,17 +121,12 @@ fn worker_path(dir: &Path) -> Result<()> {
         (
             "worker_decrypt_64k",
             "receive",
-            "decrypt: GRO split + 47 Interface::receive (AEAD included)",
-        ),
-        (
-            "worker_decrypt_64k",
-            "gro_copy",
-            "decrypt: the GRO split's copies alone",
+            "decrypt: Shard::udp_received for 2 GRO receives (split, 47 opened)",
         ),
         (
             "worker_decrypt_64k",
             "plan",
-            "decrypt: Coalescer::plan_with + TUN writev iovecs",
+            "decrypt: Shard::flush + execute (coalescing, the write's parts)",
         ),
     ];
     let mut part_lines = Vec::new();

@@ -232,6 +232,11 @@ impl MemDevice {
         &self.shards
     }
 
+    /// One shard, to drive directly (benchmarks time its calls alone).
+    pub fn shard_mut(&mut self, worker: usize) -> Option<&mut Shard> {
+        self.shards.get_mut(worker)
+    }
+
     /// Every shard's counters, added up.
     pub fn counters(&self) -> Counters {
         let mut total = Counters::default();
