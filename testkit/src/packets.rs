@@ -1,0 +1,122 @@
+//! IP packets for tests: what a TUN device would hand the data plane.
+//!
+//! [`ipv4_packet`] and [`ipv6_packet`] carry an experimental protocol
+//! (253, RFC 3692) with a payload counting up from a seed, odd bytes only,
+//! so no payload looks like padding; the IPv4 header checksum is correct.
+//! [`ipv4_filled`] is the plainer variant some tests compare against:
+//! UDP's protocol number, no checksum, every other byte the fill value.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// IPv4 header without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// IPv6 fixed header.
+pub const IPV6_HEADER_LEN: usize = 40;
+/// IP protocol number for experimentation (RFC 3692): the payload is ours.
+pub const PROTO_EXPERIMENT: u8 = 253;
+/// UDP's protocol number.
+pub const PROTO_UDP: u8 = 17;
+const TTL: u8 = 64;
+
+/// An IPv4 packet (header with a correct checksum, identification `seed`)
+/// carrying `payload_len` bytes that count up from `seed`.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize, seed: u8) -> Vec<u8> {
+    let total = IPV4_HEADER_LEN + payload_len;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&u16::try_from(total).expect("fits").to_be_bytes());
+    p[4..6].copy_from_slice(&u16::from(seed).to_be_bytes());
+    p[8] = TTL;
+    p[9] = PROTO_EXPERIMENT;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = ipv4_header_checksum(&p[..IPV4_HEADER_LEN]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    fill_counting(&mut p[IPV4_HEADER_LEN..], seed);
+    p
+}
+
+/// An IPv6 packet carrying `payload_len` bytes that count up from `seed`.
+pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, payload_len: usize, seed: u8) -> Vec<u8> {
+    let mut p = vec![0u8; IPV6_HEADER_LEN + payload_len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&u16::try_from(payload_len).expect("fits").to_be_bytes());
+    p[6] = PROTO_EXPERIMENT;
+    p[7] = TTL;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    fill_counting(&mut p[IPV6_HEADER_LEN..], seed);
+    p
+}
+
+/// A minimal IPv4 packet from `src` to `dst` with `payload_len` bytes:
+/// protocol UDP, TTL 64, checksum 0, and `fill` in every byte the header
+/// fields above leave alone (the payload included).
+pub fn ipv4_filled(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize, fill: u8) -> Vec<u8> {
+    let total = IPV4_HEADER_LEN + payload_len;
+    let mut p = vec![fill; total];
+    p[0] = 0x45;
+    p[1] = 0;
+    p[2..4].copy_from_slice(&u16::try_from(total).expect("fits").to_be_bytes());
+    p[8] = TTL;
+    p[9] = PROTO_UDP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p
+}
+
+/// The Internet checksum of an IPv4 header whose checksum field is 0.
+pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let sum = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    !(folded as u16)
+}
+
+fn fill_counting(payload: &mut [u8], seed: u8) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b = seed.wrapping_add(i as u8) | 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    #[test]
+    fn ipv4_header_sums_to_zero() {
+        let p = ipv4_packet(A, B, 100, 7);
+        assert_eq!(p.len(), 120);
+        assert_eq!(
+            ipv4_header_checksum(&p[..20]),
+            0,
+            "a valid header sums to 0"
+        );
+        assert_eq!(&p[2..4], &120u16.to_be_bytes());
+        assert_eq!((p[9], p[20], p[21]), (PROTO_EXPERIMENT, 7 | 1, 8 | 1));
+    }
+
+    #[test]
+    fn ipv6_layout() {
+        let (s, d) = (Ipv6Addr::LOCALHOST, Ipv6Addr::UNSPECIFIED);
+        let p = ipv6_packet(s, d, 3, 0);
+        assert_eq!(p.len(), 43);
+        assert_eq!(p[0] >> 4, 6);
+        assert_eq!(&p[4..6], &3u16.to_be_bytes());
+        assert_eq!(&p[40..], &[1, 1, 3]);
+    }
+
+    #[test]
+    fn filled_packet() {
+        let p = ipv4_filled(A, B, 4, 0xaa);
+        assert_eq!(p.len(), 24);
+        assert_eq!((p[9], p[8], p[10], p[23]), (PROTO_UDP, 64, 0xaa, 0xaa));
+        assert_eq!(&p[12..16], &A.octets());
+    }
+}
