@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use netns::{
     assert_ping, run, unique_ifname, wait_until, wg, wg_show_dump, Keypair, Netns, TempDir, Timed,
-    Veth, WgDevice, WgDump, WgImpl,
+    Veth, WgDevice, WgDump, WgImpl, WgStart,
 };
 
 const HUB_PORT: u16 = 51820;

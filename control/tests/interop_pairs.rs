@@ -44,7 +44,7 @@ use std::time::Duration;
 use netns::{
     assert_ping, iperf3_client, iperf3_server, socket_addr, unique_ifname, unix_now,
     wg_set_private_key, wg_show_dump, Keypair, Launch, Netns, Timed, Veth, WgDevice, WgImpl,
-    WgPeerDump,
+    WgPeerDump, WgStart,
 };
 
 const RESPONDER_PORT: u16 = 51820;

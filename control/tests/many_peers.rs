@@ -30,7 +30,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use netns::{run, unique_ifname, wg, Netns, TempDir, Timed, WgImpl};
+use netns::{run, unique_ifname, wg, Netns, TempDir, Timed, WgImpl, WgStart};
 
 /// 100,000 peers take a few seconds per step even in a debug build.
 const PEERS: usize = 100_000;

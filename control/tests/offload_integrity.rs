@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use netns::{
     assert_ping, unique_ifname, wg_set_private_key, Keypair, Launch, Netns, Proc, Timed, Veth,
-    WgDevice, WgImpl,
+    WgDevice, WgImpl, WgStart,
 };
 
 const PORT: u16 = 51820;

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use netns::{
     assert_ping, iperf3_client, iperf3_server, socket_addr, unique_ifname, unix_now, wg_set,
     wg_set_private_key, wg_show_dump, Json, Keypair, Launch, Netns, Timed, Veth, WgDevice, WgImpl,
-    WgPeerDump,
+    WgPeerDump, WgStart,
 };
 
 const HUB_PORT: u16 = 51820;
@@ -279,9 +279,10 @@ impl PingLog {
 /// Bytes the receiver counted in each iperf3 interval of about a second
 /// (`intervals[].sum`; a last sliver of an interval is left out).
 fn interval_bytes(json: &Json) -> Vec<u64> {
-    let field = |i: &Json, key: &str| i.path(&["sum", key]).and_then(Json::as_f64);
+    let field = |i: &Json, key: &str| i.get("sum")?.get(key)?.as_f64();
     json.get("intervals")
         .and_then(Json::as_array)
+        .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .filter(|i| field(i, "seconds").unwrap_or(0.0) >= 0.5)

@@ -32,6 +32,7 @@ use std::time::Duration;
 use netns::{
     assert_ping, iperf3_client, iperf3_server, run, unique_ifname, wg_set_private_key,
     wg_show_dump, Keypair, Launch, Netns, TempDir, Timed, Veth, WgDevice, WgImpl, WgPeerDump,
+    WgStart,
 };
 
 const PORT: &str = "51820";

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use netns::{
     assert_ping, socket_path, uapi_get, unique_ifname, wg, wg_show_dump, Keypair, Netns, TempDir,
-    Timed, Veth, WgDevice, WgImpl,
+    Timed, Veth, WgDevice, WgImpl, WgStart,
 };
 
 // --- Keys --------------------------------------------------------------------
