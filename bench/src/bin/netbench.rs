@@ -19,15 +19,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 
+use corewire_testkit::{signals, sweep_stale, Keypair};
 use harness::cases::Case;
-use harness::impls::{Impl, Keypair};
+use harness::impls::Impl;
 use harness::machine::Machine;
-use harness::netns::{self, Topology};
-use harness::process::ScratchDir;
+use harness::preflight;
 use harness::report::Report;
 use harness::rtt::EchoServer;
 use harness::runner::{Bench, Settings};
-use harness::{preflight, signals};
+use harness::topology::Topology;
 
 /// Measures corewire against its peers over a veth pair between two network
 /// namespaces: TCP and UDP throughput, packets per second, round-trip time
@@ -176,8 +176,10 @@ fn run(args: Args) -> Result<ExitCode> {
              it, so use --release for real numbers"
         );
     }
-    signals::install()?;
-    netns::sweep_stale()?;
+    signals::install().context("installing the Ctrl-C handler")?;
+    // Namespaces of killed runs (netbench's or the tests'), whatever their
+    // age: their daemons would compete with the measurements.
+    sweep_stale(Duration::ZERO);
 
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -219,14 +221,13 @@ fn run(args: Args) -> Result<ExitCode> {
     let measurements = {
         // Guards: dropped (processes stopped, namespaces deleted, files
         // removed) at the end of this block, also on an error.
-        let scratch = ScratchDir::new()?;
         let keys = (
-            Keypair::generate(&tools.wg).context("generating keys")?,
-            Keypair::generate(&tools.wg).context("generating keys")?,
+            Keypair::generate().context("generating keys")?,
+            Keypair::generate().context("generating keys")?,
         );
         let topo = Topology::create().context("creating the namespaces")?;
         let _echo = EchoServer::start(&topo.b).context("starting the echo server")?;
-        let mut bench = Bench::new(&topo, &tools, keys, &scratch, settings.clone());
+        let mut bench = Bench::new(&topo, &tools, keys, settings.clone());
         bench.run_all(&impls, &cases)
     };
     let interrupted = signals::interrupted();

@@ -1,6 +1,6 @@
 //! The cases netbench runs and the metrics each one reports.
 
-use super::iperf3::Flow;
+use corewire_testkit::Flow;
 
 /// Which direction of a metric is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

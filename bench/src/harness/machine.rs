@@ -4,9 +4,10 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use corewire_testkit::{command, run};
+
 use super::impls::Impl;
 use super::preflight::Tools;
-use super::process::{command, run};
 
 #[derive(Debug, Clone)]
 pub struct Machine {

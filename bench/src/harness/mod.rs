@@ -3,7 +3,7 @@
 //! run, against the bare veth link as the baseline.
 //!
 //! ```text
-//!  namespace cwb-<pid>-<time>-a                 namespace cwb-<pid>-<time>-b
+//!  namespace cwt-nb-a-<pid>-<n>-<time>          namespace cwt-nb-b-<pid>-<n>-<time>
 //! +-------------------------------+            +-------------------------------+
 //! | iperf3 -c, rtt client (thread)|            | iperf3 -s -1, echo server     |
 //! |                               |            |   (thread, UDP 0.0.0.0:7)     |
@@ -11,7 +11,7 @@
 //! |  MTU 1420, UDP :51820         |            |  MTU 1420, UDP :51820         |
 //! |         |  WireGuard UDP      |            |         ^                     |
 //! |         v                     |            |         |                     |
-//! |  veth cwbva... 10.77.0.1/24 ==|============|== veth cwbvb... 10.77.0.2/24  |
+//! |  veth va...    10.77.0.1/24 ==|============|== veth vb...    10.77.0.2/24  |
 //! +-------------------------------+            +-------------------------------+
 //! ```
 //!
@@ -27,13 +27,12 @@
 //!
 //! Every address lives inside the two namespaces; no traffic leaves them.
 //!
-//! One module per job:
-//! - [`signals`]: Ctrl-C/SIGTERM become a flag that every wait checks;
-//! - [`process`]: bounded command runs, child guards, stopping by PID;
-//! - [`netns`]: the namespaces and the veth (the topology above);
+//! One module per job (the namespaces, processes, daemon launch recipes
+//! and iperf3 runs themselves come from `corewire-testkit`, shared with
+//! the namespace tests):
 //! - [`preflight`]: root and tools, with install hints;
-//! - [`impls`]: the implementations, how each is launched and configured;
-//! - [`iperf3`]: iperf3 server and client, and its JSON report;
+//! - [`topology`]: the two namespaces and the veth (the drawing above);
+//! - [`impls`]: the implementations, and a tunnel with both ends running one;
 //! - [`rtt`]: the UDP ping-pong (echo server and client, into `hdrhistogram`);
 //! - [`cpu`]: CPU seconds per process, and the noise check;
 //! - [`cases`]: what each case measures, and its metrics;
@@ -45,23 +44,21 @@
 //! Errors: this harness is compiled only into the `netbench` binary, so it
 //! uses `anyhow` with context throughout (the binary's edge).
 //!
-//! Cleanup: namespaces, links, processes and temporary files are guards
-//! whose `Drop` removes them (processes are stopped by PID: SIGTERM, then
-//! SIGKILL after a bounded wait), so an error or Ctrl-C (handled as a flag,
-//! children are in their own process group and do not see it) unwinds
-//! cleanly. A run killed with SIGKILL leaves namespaces behind; the next run
-//! deletes those whose creating process is gone.
+//! Cleanup: namespaces, links, processes and temporary files are testkit
+//! guards whose `Drop` removes them (processes are stopped by PID: SIGTERM,
+//! then SIGKILL after a bounded wait), so an error or Ctrl-C (handled as a
+//! flag by `corewire_testkit::signals`; children are then in their own
+//! process group and do not see it) unwinds cleanly. A run killed with
+//! SIGKILL leaves namespaces behind; the next run deletes those whose
+//! creating process is gone.
 
 pub mod cases;
 pub mod cpu;
 pub mod impls;
-pub mod iperf3;
 pub mod machine;
-pub mod netns;
 pub mod preflight;
-pub mod process;
 pub mod report;
 pub mod rtt;
 pub mod runner;
-pub mod signals;
 pub mod stats;
+pub mod topology;

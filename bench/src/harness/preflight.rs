@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use corewire_testkit::find_binary;
 
 use super::impls::Impl;
-use super::process::find_binary;
 
 /// Paths of the programs a run uses.
 #[derive(Debug, Clone)]

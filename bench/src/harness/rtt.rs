@@ -21,10 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use corewire_testkit::{signals, Netns};
 use hdrhistogram::Histogram;
-
-use super::netns::Netns;
-use super::signals;
 
 /// The echo server's UDP port (in namespace b, all addresses).
 pub const ECHO_PORT: u16 = 7;

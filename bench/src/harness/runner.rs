@@ -11,16 +11,14 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use corewire_testkit::{signals, Flow, Iperf3Client, Iperf3Result, Iperf3Server, Keypair};
 
 use super::cases::Case;
 use super::cpu::{self, Noise};
-use super::impls::{Impl, Keypair, Tunnel};
-use super::iperf3::{self, Flow, IperfResult};
-use super::netns::Topology;
+use super::impls::{Impl, Tunnel};
 use super::preflight::Tools;
-use super::process::ScratchDir;
 use super::rtt::{Pinger, RttStats};
-use super::signals;
+use super::topology::Topology;
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -52,7 +50,6 @@ pub struct Bench<'a> {
     pub topo: &'a Topology,
     pub tools: &'a Tools,
     pub keys: (Keypair, Keypair),
-    pub scratch: &'a ScratchDir,
     pub settings: Settings,
     next_port: u16,
 }
@@ -69,14 +66,12 @@ impl<'a> Bench<'a> {
         topo: &'a Topology,
         tools: &'a Tools,
         keys: (Keypair, Keypair),
-        scratch: &'a ScratchDir,
         settings: Settings,
     ) -> Bench<'a> {
         Bench {
             topo,
             tools,
             keys,
-            scratch,
             settings,
             next_port: 0,
         }
@@ -133,7 +128,7 @@ impl<'a> Bench<'a> {
     }
 
     fn measure(&mut self, case: Case, imp: Impl) -> Result<(BTreeMap<&'static str, f64>, Noise)> {
-        let mut tunnel = Tunnel::up(self.topo, imp, self.tools, &self.keys, self.scratch)?;
+        let mut tunnel = Tunnel::up(self.topo, imp, self.tools, &self.keys)?;
         let mut pinger = Pinger::new(&self.topo.a, tunnel.target())?;
         pinger
             .probe(PROBE_LIMIT)
@@ -167,33 +162,31 @@ impl<'a> Bench<'a> {
     ) -> Result<(BTreeMap<&'static str, f64>, Noise)> {
         let port = self.port();
         let target = tunnel.target();
-        let server = iperf3::Server::start(&self.topo.b, self.tools, target, port, self.scratch)?;
+        let server = Iperf3Server::start(&self.topo.b, &target.to_string(), port)?;
         let daemons = Self::daemon_pids(tunnel);
         let mut live = daemons.clone();
         live.push(server.pid());
         let before = cpu::snapshot(&live)?;
         let cpu_before = Self::side_cpu(tunnel);
-        let client = iperf3::Client::start(
+        let client = Iperf3Client::start(
             &self.topo.a,
-            self.tools,
-            target,
+            &target.to_string(),
             port,
             self.settings.seconds,
-            flow,
-            self.scratch,
+            &flow.args(),
         )?;
-        let result = client.finish()?;
+        let result = client.finish()?.check()?;
         let cpu_after = Self::side_cpu(tunnel);
         server.finish(Duration::from_secs(10))?;
         let after = cpu::snapshot(&daemons)?;
         let noise = cpu::noise(&before, &after, self.settings.noise_threshold);
 
         let mut metrics = BTreeMap::new();
-        let gbit = result.received_bytes * 8.0 / 1e9;
+        let gbit = result.received_bytes as f64 * 8.0 / 1e9;
         match case {
             Case::Udp64 => {
                 if let Some(packets) = result.received_packets {
-                    metrics.insert("kpps", packets / result.seconds / 1e3);
+                    metrics.insert("kpps", packets as f64 / result.received_seconds / 1e3);
                 }
             }
             _ => {
@@ -201,7 +194,7 @@ impl<'a> Bench<'a> {
             }
         }
         if let Some(r) = result.retransmits {
-            metrics.insert("retransmits", r);
+            metrics.insert("retransmits", r as f64);
         }
         if let Some(loss) = result.lost_percent {
             metrics.insert("loss_pct", loss);
@@ -259,20 +252,18 @@ impl<'a> Bench<'a> {
         let port = self.port();
         let target = tunnel.target();
         let seconds = self.settings.seconds;
-        let server = iperf3::Server::start(&self.topo.b, self.tools, target, port, self.scratch)?;
+        let server = Iperf3Server::start(&self.topo.b, &target.to_string(), port)?;
         let daemons = Self::daemon_pids(tunnel);
         let mut live = daemons.clone();
         live.push(server.pid());
         let before = cpu::snapshot(&live)?;
         // The load outlasts the pings by a second at each end.
-        let client = iperf3::Client::start(
+        let client = Iperf3Client::start(
             &self.topo.a,
-            self.tools,
-            target,
+            &target.to_string(),
             port,
             seconds + 2,
-            Flow::Tcp { streams: 1 },
-            self.scratch,
+            &Flow::Tcp { streams: 1 }.args(),
         )?;
         sleep(LOAD_WARMUP);
         signals::check()?;
@@ -281,7 +272,7 @@ impl<'a> Bench<'a> {
             self.settings.rtt_interval,
             PING_TIMEOUT,
         )?;
-        let load: IperfResult = client.finish()?;
+        let load: Iperf3Result = client.finish()?.check()?;
         server.finish(Duration::from_secs(10))?;
         let after = cpu::snapshot(&daemons)?;
         let noise = cpu::noise(&before, &after, self.settings.noise_threshold);
