@@ -15,9 +15,9 @@ use support::{ipv4_packet, Net};
 fn handshake_then_data_both_ways() {
     let mut net = Net::new();
     net.send_data(0, 3, 100);
-    assert_eq!(net.nodes[0].staged.len(), 3, "staged while handshaking");
+    assert_eq!(net.nodes[0].staged(), 3, "staged while handshaking");
     net.deliver();
-    assert!(net.nodes[0].staged.is_empty());
+    assert!(net.nodes[0].staged() == 0);
     assert_eq!(net.nodes[1].delivered.len(), 3);
     for (i, p) in net.nodes[1].delivered.iter().enumerate() {
         let expect = ipv4_packet(net.nodes[0].inner, net.nodes[1].inner, 100, i as u8);
@@ -30,7 +30,7 @@ fn handshake_then_data_both_ways() {
     assert_eq!(net.nodes[0].delivered.len(), 2);
     assert!(net.nodes[0].drops.is_empty() && net.nodes[1].drops.is_empty());
 
-    let p0 = net.nodes[0].iface.peer(net.nodes[0].peer).unwrap();
+    let p0 = net.nodes[0].iface().peer(net.nodes[0].peer).unwrap();
     assert!(p0.last_handshake().is_some());
     assert!(p0.tx_bytes() > 3 * 100 && p0.rx_bytes() > 2 * 1380);
 }
@@ -38,30 +38,32 @@ fn handshake_then_data_both_ways() {
 #[test]
 fn responder_waits_for_confirmation_before_sending() {
     let mut net = Net::new();
-    let init = net.nodes[0]
-        .iface
-        .initiate(net.nodes[0].peer, net.now)
-        .unwrap();
+    let init = {
+        let (peer, now) = (net.nodes[0].peer, net.now);
+        net.nodes[0].iface_mut().initiate(peer, now)
+    }
+    .unwrap();
     let src = net.nodes[0].addr;
     net.receive(1, src, init.as_bytes().to_vec());
     // Response is on the wire; the responder holds the session in `next`.
     assert!(!net.can_send(1));
     net.send_data(1, 1, 64);
-    assert_eq!(net.nodes[1].staged.len(), 1);
+    assert_eq!(net.nodes[1].staged(), 1);
     net.deliver();
     // Initiator's keepalive confirmed the session; the staged packet left.
     assert!(net.can_send(1));
-    assert!(net.nodes[1].staged.is_empty());
+    assert!(net.nodes[1].staged() == 0);
     assert_eq!(net.nodes[0].delivered.len(), 1);
 }
 
 #[test]
 fn replayed_handshake_and_transport_messages_are_dropped() {
     let mut net = Net::new();
-    let init = net.nodes[0]
-        .iface
-        .initiate(net.nodes[0].peer, net.now)
-        .unwrap();
+    let init = {
+        let (peer, now) = (net.nodes[0].peer, net.now);
+        net.nodes[0].iface_mut().initiate(peer, now)
+    }
+    .unwrap();
     let src = net.nodes[0].addr;
     net.receive(1, src, init.as_bytes().to_vec());
     net.deliver();
@@ -89,7 +91,7 @@ fn roaming_moves_the_endpoint_on_authenticated_data_only() {
     net.deliver();
     let peer1 = net.nodes[1].peer;
     assert_eq!(
-        net.nodes[1].iface.peer(peer1).unwrap().endpoint(),
+        net.nodes[1].iface_mut().peer(peer1).unwrap().endpoint(),
         Some(net.nodes[0].addr)
     );
     // Node 0 moves to a new address (NAT rebinding, new uplink).
@@ -102,13 +104,13 @@ fn roaming_moves_the_endpoint_on_authenticated_data_only() {
     junk.extend_from_slice(&[0u8; 60]);
     net.receive(1, forged, junk);
     assert_eq!(
-        net.nodes[1].iface.peer(peer1).unwrap().endpoint(),
+        net.nodes[1].iface_mut().peer(peer1).unwrap().endpoint(),
         Some(old_addr)
     );
     net.send_data(0, 1, 64);
     net.deliver();
     assert_eq!(
-        net.nodes[1].iface.peer(peer1).unwrap().endpoint(),
+        net.nodes[1].iface_mut().peer(peer1).unwrap().endpoint(),
         Some(new_addr)
     );
     // Replies now reach the new address.
@@ -121,7 +123,7 @@ fn roaming_moves_the_endpoint_on_authenticated_data_only() {
 fn under_load_initiations_get_a_cookie_then_pass_with_mac2() {
     let mut net = Net::new();
     let now = net.now;
-    net.nodes[1].iface.signal_load(now);
+    net.nodes[1].iface_mut().signal_load(now);
     net.send_data(0, 1, 64);
     // Initiation -> cookie reply -> accepted by node 0.
     net.deliver();
@@ -130,7 +132,7 @@ fn under_load_initiations_get_a_cookie_then_pass_with_mac2() {
     // The retransmission carries mac2 and is answered, still under load.
     net.now += Duration::from_millis(5400);
     let now = net.now;
-    net.nodes[1].iface.signal_load(now);
+    net.nodes[1].iface_mut().signal_load(now);
     net.tick();
     net.deliver();
     assert!(net.can_send(0));
@@ -143,22 +145,26 @@ fn cookie_reply_does_not_move_the_endpoint() {
     net.send_data(0, 1, 64);
     net.deliver();
     let peer0 = net.nodes[0].peer;
-    let before = net.nodes[0].iface.peer(peer0).unwrap().endpoint();
+    let before = net.nodes[0].iface_mut().peer(peer0).unwrap().endpoint();
     // Node 1 comes under load; node 0's next initiation draws a cookie
     // reply, which we deliver from a different address.
-    net.nodes[1].iface.signal_load(net.now);
+    net.nodes[1].iface_mut().signal_load(net.now);
     net.now += Duration::from_secs(121);
-    let init = net.nodes[0].iface.initiate(peer0, net.now).unwrap();
+    let init = net.nodes[0].iface_mut().initiate(peer0, net.now).unwrap();
     let mut pkt = PacketBuf::new(init.as_bytes().to_vec(), 0, init.as_bytes().len()).unwrap();
     let now = net.now;
-    net.nodes[1].iface.signal_load(now);
-    let reply = match net.nodes[1].iface.receive(net.nodes[0].addr, &mut pkt, now) {
+    net.nodes[1].iface_mut().signal_load(now);
+    let src = net.nodes[0].addr;
+    let reply = match net.nodes[1].iface_mut().receive(src, &mut pkt, now) {
         Received::Reply { peer: None, reply } => reply,
         other => panic!("expected a cookie reply, got {other:?}"),
     };
     let elsewhere: SocketAddr = "203.0.113.50:999".parse().unwrap();
     net.receive(0, elsewhere, reply.as_bytes().to_vec());
-    assert_eq!(net.nodes[0].iface.peer(peer0).unwrap().endpoint(), before);
+    assert_eq!(
+        net.nodes[0].iface_mut().peer(peer0).unwrap().endpoint(),
+        before
+    );
 }
 
 #[test]
@@ -184,7 +190,7 @@ fn unknown_peers_and_garbage_are_dropped() {
     let mut stranger =
         corewire_dataplane::proto::interface::Interface::new(net.now, std::time::SystemTime::now());
     stranger.set_private_key(Some(corewire_dataplane::proto::keys::PrivateKey::generate()));
-    let pk1 = *net.nodes[1].iface.public_key().unwrap();
+    let pk1 = *net.nodes[1].iface_mut().public_key().unwrap();
     let sp = stranger.add_peer(pk1).unwrap();
     stranger
         .allow(sp, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 32)
@@ -196,7 +202,7 @@ fn unknown_peers_and_garbage_are_dropped() {
     let init = stranger.initiate(sp, net.now).unwrap();
     let mut pkt = PacketBuf::new(init.as_bytes().to_vec(), 0, 148).unwrap();
     let res = net.nodes[1]
-        .iface
+        .iface_mut()
         .receive("203.0.113.1:5".parse().unwrap(), &mut pkt, net.now);
     assert!(
         matches!(res, Received::Foreign { key } if key == *stranger.public_key().unwrap()),
@@ -217,9 +223,10 @@ fn unknown_peers_and_garbage_are_dropped() {
     ] {
         let len = bytes.len();
         let mut pkt = PacketBuf::new(bytes, 0, len).unwrap();
-        let res = net.nodes[1]
-            .iface
-            .receive("203.0.113.1:5".parse().unwrap(), &mut pkt, net.now);
+        let res =
+            net.nodes[1]
+                .iface_mut()
+                .receive("203.0.113.1:5".parse().unwrap(), &mut pkt, net.now);
         assert!(matches!(res, Received::Dropped(_)), "{res:?}");
     }
 }
@@ -229,29 +236,30 @@ fn initiation_flood_from_one_peer_is_limited() {
     let mut net = Net::new();
     // Two interfaces holding node 0's key produce two distinct initiations
     // within 20 ms; the second must be refused.
-    let key0 = net.nodes[0].iface.private_key().unwrap().clone();
-    let pk1 = *net.nodes[1].iface.public_key().unwrap();
+    let key0 = net.nodes[0].iface_mut().private_key().unwrap().clone();
+    let pk1 = *net.nodes[1].iface_mut().public_key().unwrap();
     let mut twin = corewire_dataplane::proto::interface::Interface::new(
         net.now,
         std::time::SystemTime::now() + Duration::from_secs(1),
     );
     twin.set_private_key(Some(key0));
     let tp = twin.add_peer(pk1).unwrap();
-    let a = net.nodes[0]
-        .iface
-        .initiate(net.nodes[0].peer, net.now)
-        .unwrap();
+    let a = {
+        let (peer, now) = (net.nodes[0].peer, net.now);
+        net.nodes[0].iface_mut().initiate(peer, now)
+    }
+    .unwrap();
     let b = twin.initiate(tp, net.now).unwrap();
     let src = net.nodes[0].addr;
     let now = net.now;
     let mut pa = PacketBuf::new(a.as_bytes().to_vec(), 0, 148).unwrap();
     assert!(matches!(
-        net.nodes[1].iface.receive(src, &mut pa, now),
+        net.nodes[1].iface_mut().receive(src, &mut pa, now),
         Received::Reply { .. }
     ));
     let mut pb = PacketBuf::new(b.as_bytes().to_vec(), 0, 148).unwrap();
     let res = net.nodes[1]
-        .iface
+        .iface_mut()
         .receive(src, &mut pb, now + Duration::from_millis(5));
     assert!(
         matches!(

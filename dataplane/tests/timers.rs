@@ -74,11 +74,7 @@ fn reject_after_time_stops_use_of_a_session() {
     net.now += REJECT_AFTER_TIME;
     assert!(!net.can_send(0), "a 180 s old session is not used to send");
     net.send_data(0, 1, 64);
-    assert_eq!(
-        net.nodes[0].staged.len(),
-        1,
-        "staged, not sent on a dead key"
-    );
+    assert_eq!(net.nodes[0].staged(), 1, "staged, not sent on a dead key");
     // And nothing sealed under the old session is accepted any more.
     let mut old = established();
     old.send_data(0, 1, 64);
@@ -119,7 +115,7 @@ fn retransmits_every_rekey_timeout_then_gives_up_after_rekey_attempt_time() {
             sent = net.sent_datagrams;
             times.push(net.now);
         }
-        if net.nodes[0].staged.is_empty() {
+        if net.nodes[0].staged() == 0 {
             break;
         }
     }
@@ -132,7 +128,7 @@ fn retransmits_every_rekey_timeout_then_gives_up_after_rekey_attempt_time() {
     let gave_up = net.now - start;
     assert!(gave_up >= REKEY_ATTEMPT_TIME, "{gave_up:?}");
     assert!(gave_up <= REKEY_ATTEMPT_TIME + 4 * (REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX));
-    assert!(net.nodes[0].staged.is_empty(), "staged packets dropped");
+    assert!(net.nodes[0].staged() == 0, "staged packets dropped");
     // Quiet afterwards.
     net.run_for(Duration::from_secs(60), Duration::from_millis(100));
     assert_eq!(net.sent_datagrams, sent);
@@ -143,13 +139,16 @@ fn at_most_one_initiation_per_rekey_timeout() {
     let mut net = Net::new();
     net.nodes[1].addr = "198.51.100.99:1".parse().unwrap();
     let peer = net.nodes[0].peer;
-    assert!(net.nodes[0].iface.initiate(peer, net.now).is_some());
+    assert!(net.nodes[0].iface_mut().initiate(peer, net.now).is_some());
     for ms in [1u64, 100, 4999] {
         let t = net.now + Duration::from_millis(ms);
-        assert!(net.nodes[0].iface.initiate(peer, t).is_none(), "{ms} ms");
+        assert!(
+            net.nodes[0].iface_mut().initiate(peer, t).is_none(),
+            "{ms} ms"
+        );
     }
     assert!(net.nodes[0]
-        .iface
+        .iface_mut()
         .initiate(peer, net.now + REKEY_TIMEOUT)
         .is_some());
 }
@@ -216,7 +215,7 @@ fn persistent_keepalive_while_idle() {
     let peer = net.nodes[0].peer;
     let now = net.now;
     net.nodes[0]
-        .iface
+        .iface_mut()
         .peer_mut(peer)
         .unwrap()
         .set_persistent_keepalive(25, now);
@@ -232,14 +231,14 @@ fn persistent_keepalive_while_idle() {
 fn key_material_is_erased_after_three_reject_after_times() {
     let mut net = established();
     let peer = net.nodes[0].peer;
-    assert!(net.nodes[0].iface.peer(peer).unwrap().is_active());
+    assert!(net.nodes[0].iface_mut().peer(peer).unwrap().is_active());
     net.run_for(
         ZERO_KEYS_AFTER - Duration::from_secs(1),
         Duration::from_secs(1),
     );
-    assert!(net.nodes[0].iface.peer(peer).unwrap().is_active());
+    assert!(net.nodes[0].iface_mut().peer(peer).unwrap().is_active());
     net.run_for(Duration::from_secs(2), Duration::from_millis(500));
-    let p = net.nodes[0].iface.peer(peer).unwrap();
+    let p = net.nodes[0].iface_mut().peer(peer).unwrap();
     assert!(!p.is_active(), "sessions and handshake erased");
     assert!(p.last_handshake().is_some(), "history kept");
     // The peer still works: the next packet starts a fresh handshake.

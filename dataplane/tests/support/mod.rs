@@ -1,10 +1,14 @@
-//! Two corewire interfaces wired together in memory, in simulated time.
+//! Two corewire nodes wired together in memory, in simulated time.
 //!
-//! `Net` plays the engine: it routes plaintext to peers, stages packets
-//! while a handshake runs, carries datagrams between the two nodes (with
-//! optional loss), and runs the timers as time advances. Everything the
-//! protocol core asks for is done the way the real engine must do it, so
-//! these tests exercise the core's contract, not a shortcut around it.
+//! Each node is the engine's own [`Shard`] (one worker): packets from the
+//! tunnel go in through `tun_read`, datagrams through `udp_received`, the
+//! timers through `tick`, and what the shard asks for comes out of
+//! `execute`. `Net` only plays the kernel and the wire: it carries each
+//! send to the node at its destination address (with optional loss),
+//! takes the TUN writes as delivered packets, and keeps the shard's drop
+//! and keepalive events for the tests to inspect. The tests can still
+//! reach each node's protocol core (`interface_mut`) to play an engine's
+//! edge cases by hand.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -12,24 +16,81 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use corewire_dataplane::proto::interface::{Interface, Received};
-use corewire_dataplane::proto::keys::PrivateKey;
-use corewire_dataplane::proto::messages::{ControlMsg, HEADROOM, TAILROOM};
+use corewire_dataplane::engine::config::{Change, PeerConfig};
+use corewire_dataplane::engine::offload::VNET_HDR_LEN;
+use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
+use corewire_dataplane::engine::shard::{
+    Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT,
+};
+use corewire_dataplane::proto::interface::Interface;
+use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
 use corewire_dataplane::proto::peer::PeerId;
-use corewire_dataplane::proto::session::PacketBuf;
 
 pub const MTU: usize = 1420;
 
-/// One side: an interface, its address and what the engine keeps for it.
+/// One side: a shard, its address, and what came out of its TUN.
 pub struct Node {
-    pub iface: Interface,
+    pub shard: Shard,
     pub addr: SocketAddr,
     pub inner: Ipv4Addr,
     pub peer: PeerId,
-    pub staged: Vec<Vec<u8>>,
     pub delivered: Vec<Vec<u8>>,
     pub keepalives: usize,
     pub drops: Vec<String>,
+}
+
+impl Node {
+    /// The node's protocol core.
+    pub fn iface(&self) -> &Interface {
+        self.shard.interface()
+    }
+
+    /// The node's protocol core, to change by hand.
+    pub fn iface_mut(&mut self) -> &mut Interface {
+        self.shard.interface_mut()
+    }
+
+    /// Packets waiting for the handshake.
+    pub fn staged(&self) -> usize {
+        self.shard.staged(self.peer).count()
+    }
+}
+
+/// What one execution of a shard's actions produced.
+#[derive(Default)]
+struct Kernel {
+    sends: Vec<(SocketAddr, Vec<u8>)>,
+    writes: Vec<Vec<u8>>,
+    spent: Vec<Buf>,
+}
+
+impl UdpTx for Kernel {
+    fn send(&mut self, dst: SocketAddr, _segment: usize, pkts: &mut Vec<Packet>) -> bool {
+        for p in pkts.drain(..) {
+            self.sends.push((dst, p.data().to_vec()));
+            self.spent.push(p.into_inner());
+        }
+        true
+    }
+}
+
+impl TunTx for Kernel {
+    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
+        let mut bytes = Vec::new();
+        for (b, s, l) in parts.drain(..) {
+            bytes.extend_from_slice(&b[s..s + l]);
+            self.spent.push(b);
+        }
+        // No TUN offload on these nodes: a virtio-net header, one packet.
+        self.writes.push(bytes[VNET_HDR_LEN..].to_vec());
+        true
+    }
+}
+
+impl Handoffs for Kernel {
+    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
+        Err(packet)
+    }
 }
 
 pub struct Net {
@@ -71,19 +132,30 @@ impl Net {
         ];
         let inner = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
         let mk = |i: usize, key: PrivateKey| {
-            let mut iface = Interface::new(now, wall);
-            iface.set_private_key(Some(key));
-            let peer = iface.add_peer(pubs[1 - i]).unwrap();
-            iface.allow(peer, IpAddr::V4(inner[1 - i]), 32).unwrap();
-            if i == 0 {
-                iface.peer_mut(peer).unwrap().set_endpoint(Some(addrs[1]));
-            }
+            let mut shard = Shard::new(ShardSetup {
+                id: 0,
+                workers: 1,
+                tso: false,
+                uso: false,
+                clock: (now, wall),
+                pool: Pool::new(0, 256),
+            });
+            shard.set_sockets(addrs[i].port(), true);
+            shard.set_mtu(MTU);
+            let peer = PeerConfig {
+                public_key: pubs[1 - i],
+                preshared_key: PresharedKey::default(),
+                endpoint: (i == 0).then_some(addrs[1]),
+                persistent_keepalive: 0,
+                allowed_ips: vec![(IpAddr::V4(inner[1 - i]), 32)],
+            };
+            shard.apply(&[Change::PrivateKey(Some(key)), Change::Peer(peer)], now);
+            let peer = shard.interface().peer_by_key(&pubs[1 - i]).unwrap();
             Node {
-                iface,
+                shard,
                 addr: addrs[i],
                 inner: inner[i],
                 peer,
-                staged: Vec::new(),
                 delivered: Vec::new(),
                 keepalives: 0,
                 drops: Vec::new(),
@@ -108,68 +180,51 @@ impl Net {
         (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn transmit(&mut self, from: usize, bytes: &[u8]) {
-        let Some(dst) = self.nodes[from]
-            .iface
-            .peer(self.nodes[from].peer)
-            .and_then(|p| p.endpoint())
-        else {
-            return;
-        };
-        let to = self.nodes.iter().position(|n| n.addr == dst);
-        self.sent_datagrams += 1;
-        if let Some(to) = to {
-            if self.loss > 0.0 && self.random() < self.loss {
-                return;
-            }
-            let src = self.nodes[from].addr;
-            self.wire.push_back((to, src, bytes.to_vec()));
-        }
-    }
-
-    fn transmit_to(&mut self, from: usize, dst: SocketAddr, msg: &ControlMsg) {
-        if let Some(to) = self.nodes.iter().position(|n| n.addr == dst) {
-            self.sent_datagrams += 1;
-            if self.loss > 0.0 && self.random() < self.loss {
-                return;
-            }
-            let src = self.nodes[from].addr;
-            self.wire.push_back((to, src, msg.as_bytes().to_vec()));
-        }
-    }
-
-    /// The engine's send path: seal for the peer or stage and handshake.
-    pub fn send(&mut self, from: usize, packets: Vec<Vec<u8>>) {
-        let mut bufs: Vec<PacketBuf<Vec<u8>>> = packets
-            .iter()
-            .map(|p| {
-                let mut b = vec![0u8; HEADROOM + p.len() + TAILROOM];
-                b[HEADROOM..HEADROOM + p.len()].copy_from_slice(p);
-                PacketBuf::new(b, HEADROOM, p.len()).unwrap()
-            })
-            .collect();
-        let now = self.now;
+    /// Executes node `from`'s actions: sends go on the wire (unless lost),
+    /// TUN writes are delivered, events are noted.
+    fn execute(&mut self, from: usize) {
+        let mut k = Kernel::default();
         let node = &mut self.nodes[from];
-        let peer = node.peer;
-        let out = node.iface.encrypt_batch(peer, &mut bufs, MTU, now);
-        // Anything not sealed waits for the handshake.
-        node.staged.extend(packets[out.sealed..].iter().cloned());
-        if let Some(h) = out.handshake {
-            self.transmit(from, h.as_bytes());
+        node.shard.execute(&mut k);
+        for b in k.spent.drain(..) {
+            node.shard.pool().put(b);
         }
-        for b in &bufs[..out.sealed] {
-            let bytes = b.data().to_vec();
-            self.transmit(from, &bytes);
+        node.delivered.append(&mut k.writes);
+        let events: Vec<Event> = node.shard.events().collect();
+        for e in events {
+            match e {
+                Event::KeepaliveReceived { .. } => node.keepalives += 1,
+                Event::Dropped { reason, .. } => node.drops.push(reason.to_string()),
+                _ => {}
+            }
+        }
+        let src = self.nodes[from].addr;
+        for (dst, bytes) in k.sends {
+            self.sent_datagrams += 1;
+            let Some(to) = self.nodes.iter().position(|n| n.addr == dst) else {
+                continue;
+            };
+            if self.loss > 0.0 && self.random() < self.loss {
+                continue;
+            }
+            self.wire.push_back((to, src, bytes));
         }
     }
 
-    fn flush_staged(&mut self, node: usize) -> bool {
-        let staged = std::mem::take(&mut self.nodes[node].staged);
-        if staged.is_empty() {
-            return false;
+    /// Packets from node `from`'s tunnel: read from its TUN, sealed (or
+    /// staged while the handshake they start runs) and sent.
+    pub fn send(&mut self, from: usize, packets: Vec<Vec<u8>>) {
+        let now = self.now;
+        let shard = &mut self.nodes[from].shard;
+        for p in &packets {
+            let mut buf = shard.pool().get();
+            buf[TUN_READ_AT..TUN_READ_AT + VNET_HDR_LEN].fill(0);
+            buf[TUN_READ_AT + VNET_HDR_LEN..TUN_READ_AT + VNET_HDR_LEN + p.len()]
+                .copy_from_slice(p);
+            shard.tun_read(buf, VNET_HDR_LEN + p.len(), now);
         }
-        self.send(node, staged);
-        true
+        shard.flush(now);
+        self.execute(from);
     }
 
     /// Sends `n` data packets from node `from` to the other node.
@@ -191,64 +246,23 @@ impl Net {
         }
     }
 
-    /// The engine's receive path for one datagram.
+    /// One datagram from `src` into node `to`'s UDP socket.
     pub fn receive(&mut self, to: usize, src: SocketAddr, bytes: Vec<u8>) {
-        let mut pkt = PacketBuf::new(bytes.clone(), 0, bytes.len()).unwrap();
         let now = self.now;
-        let res = self.nodes[to].iface.receive(src, &mut pkt, now);
-        match res {
-            Received::Data {
-                confirmed,
-                handshake,
-                ..
-            } => {
-                self.nodes[to].delivered.push(pkt.data().to_vec());
-                if let Some(h) = handshake {
-                    self.transmit(to, h.as_bytes());
-                }
-                if confirmed {
-                    self.flush_staged(to);
-                }
-            }
-            Received::Keepalive {
-                confirmed,
-                handshake,
-                ..
-            } => {
-                self.nodes[to].keepalives += 1;
-                if let Some(h) = handshake {
-                    self.transmit(to, h.as_bytes());
-                }
-                if confirmed {
-                    self.flush_staged(to);
-                }
-            }
-            Received::Reply { reply, .. } => self.transmit_to(to, src, &reply),
-            Received::HandshakeComplete { keepalive, .. } => {
-                if !self.flush_staged(to) {
-                    self.transmit(to, keepalive.as_bytes());
-                }
-            }
-            Received::CookieAccepted { .. } => {}
-            Received::Foreign { .. } => self.nodes[to].drops.push("unknown peer".into()),
-            Received::Dropped(d) => self.nodes[to].drops.push(d.to_string()),
-        }
+        let shard = &mut self.nodes[to].shard;
+        let mut buf = shard.pool().get();
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        shard.udp_received(src, buf, 0, bytes.len(), None, now);
+        shard.flush(now);
+        self.execute(to);
     }
 
     /// Runs both nodes' timers at the current time.
     pub fn tick(&mut self) {
         let now = self.now;
         for i in 0..2 {
-            let mut outs = Vec::new();
-            self.nodes[i].iface.tick(now, |_, _, res| outs.push(res));
-            for res in outs {
-                if res.drop_staged {
-                    self.nodes[i].staged.clear();
-                }
-                for m in res.send.into_iter().flatten() {
-                    self.transmit(i, m.as_bytes());
-                }
-            }
+            self.nodes[i].shard.tick(now);
+            self.execute(i);
         }
     }
 
@@ -264,11 +278,14 @@ impl Net {
 
     pub fn can_send(&self, node: usize) -> bool {
         let n = &self.nodes[node];
-        n.iface.peer(n.peer).unwrap().can_send(self.now)
+        n.iface().peer(n.peer).unwrap().can_send(self.now)
     }
 
     pub fn session_age(&self, node: usize) -> Option<Duration> {
         let n = &self.nodes[node];
-        n.iface.peer(n.peer).unwrap().current_session_age(self.now)
+        n.iface()
+            .peer(n.peer)
+            .unwrap()
+            .current_session_age(self.now)
     }
 }
