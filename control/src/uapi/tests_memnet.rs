@@ -12,8 +12,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use corewire_dataplane::engine::mem::MemNet;
 use corewire_dataplane::engine::config::Device;
+use corewire_dataplane::engine::mem::MemNet;
 use corewire_dataplane::engine::offload::virtio::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
@@ -238,10 +238,30 @@ fn two_devices_handshake_carry_roam_and_rekey() {
     assert_ne!(first, "0", "{get}");
 
     // Plain packets, IPv4 and IPv6, both ways.
-    carry(&mut net, &spoke, &hub, &ipv4(SPOKE4, HUB4, &body(100, 1), PROTO_TEST));
-    carry(&mut net, &hub, &spoke, &ipv4(HUB4, SPOKE4, &body(1400, 2), PROTO_TEST));
-    carry(&mut net, &spoke, &hub, &ipv6(SPOKE6, HUB6, &body(1380, 3), PROTO_TEST));
-    carry(&mut net, &hub, &spoke, &ipv6(HUB6, SPOKE6, &body(7, 4), PROTO_TEST));
+    carry(
+        &mut net,
+        &spoke,
+        &hub,
+        &ipv4(SPOKE4, HUB4, &body(100, 1), PROTO_TEST),
+    );
+    carry(
+        &mut net,
+        &hub,
+        &spoke,
+        &ipv4(HUB4, SPOKE4, &body(1400, 2), PROTO_TEST),
+    );
+    carry(
+        &mut net,
+        &spoke,
+        &hub,
+        &ipv6(SPOKE6, HUB6, &body(1380, 3), PROTO_TEST),
+    );
+    carry(
+        &mut net,
+        &hub,
+        &spoke,
+        &ipv6(HUB6, SPOKE6, &body(7, 4), PROTO_TEST),
+    );
 
     // TSO super-packets split, sealed as GSO runs, coalesced on arrival.
     carry_super(&mut net, &spoke, &hub, SPOKE4.into(), HUB4.into(), 5);
@@ -249,21 +269,41 @@ fn two_devices_handshake_carry_roam_and_rekey() {
 
     // Roaming: the spoke moves; the hub follows its authenticated packets.
     net.devices[spoke.dev].set_addr(addr("198.51.100.8:40001"));
-    carry(&mut net, &spoke, &hub, &ipv4(SPOKE4, HUB4, &body(64, 7), PROTO_TEST));
+    carry(
+        &mut net,
+        &spoke,
+        &hub,
+        &ipv4(SPOKE4, HUB4, &body(64, 7), PROTO_TEST),
+    );
     let get = hub.get(&mut net);
     assert_eq!(
         field(&get, &spoke_hex, "endpoint").as_deref(),
         Some("198.51.100.8:40001"),
         "{get}"
     );
-    carry(&mut net, &hub, &spoke, &ipv4(HUB4, SPOKE4, &body(64, 8), PROTO_TEST));
+    carry(
+        &mut net,
+        &hub,
+        &spoke,
+        &ipv4(HUB4, SPOKE4, &body(64, 8), PROTO_TEST),
+    );
 
     // Rekey: after REKEY_AFTER_TIME (120 s) of traffic a new handshake
     // runs, and traffic keeps flowing through it.
     for round in 0..15u8 {
         net.advance(Duration::from_secs(10), Duration::from_millis(500));
-        carry(&mut net, &spoke, &hub, &ipv4(SPOKE4, HUB4, &body(200, round), PROTO_TEST));
-        carry(&mut net, &hub, &spoke, &ipv6(HUB6, SPOKE6, &body(200, round), PROTO_TEST));
+        carry(
+            &mut net,
+            &spoke,
+            &hub,
+            &ipv4(SPOKE4, HUB4, &body(200, round), PROTO_TEST),
+        );
+        carry(
+            &mut net,
+            &hub,
+            &spoke,
+            &ipv6(HUB6, SPOKE6, &body(200, round), PROTO_TEST),
+        );
     }
     let get = hub.get(&mut net);
     let later = field(&get, &spoke_hex, "last_handshake_time_sec").expect("a handshake time");
@@ -348,7 +388,11 @@ fn hundred_thousand_peers_of_which_a_thousand_are_active() {
     }
     let stats = net.devices[hub.dev].stats();
     assert_eq!(stats.peers.len(), PEERS);
-    let handshaken = stats.peers.iter().filter(|p| p.last_handshake.is_some()).count();
+    let handshaken = stats
+        .peers
+        .iter()
+        .filter(|p| p.last_handshake.is_some())
+        .count();
     assert_eq!(handshaken, ACTIVE);
     let c = net.devices[hub.dev].counters();
     assert_eq!(c.no_route + c.backpressure, 0, "{c:?}");

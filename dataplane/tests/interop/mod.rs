@@ -21,15 +21,20 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use corewire_dataplane::engine::config::{Change, PeerConfig};
+use corewire_dataplane::engine::offload::VNET_HDR_LEN;
+use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
+use corewire_dataplane::engine::shard::{
+    Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT,
+};
 use corewire_dataplane::proto::handshake::HandshakeError;
-use corewire_dataplane::proto::interface::{Drop, Interface, Received};
+use corewire_dataplane::proto::interface::{Drop, Interface};
 use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
 use corewire_dataplane::proto::messages::{
-    COOKIE_REPLY_LEN, HEADROOM, INITIATION_LEN, RESPONSE_LEN, TAILROOM, TYPE_COOKIE_REPLY,
-    TYPE_INITIATION, TYPE_RESPONSE, TYPE_TRANSPORT,
+    COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TYPE_COOKIE_REPLY, TYPE_INITIATION,
+    TYPE_RESPONSE, TYPE_TRANSPORT,
 };
 use corewire_dataplane::proto::peer::{Peer, PeerError, PeerId};
-use corewire_dataplane::proto::session::PacketBuf;
 use corewire_dataplane::proto::timers::{
     KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
 };
@@ -310,136 +315,145 @@ impl CwOut {
     }
 }
 
-/// corewire's interface with one peer (the remote) and the engine state
-/// the protocol core leaves to its caller.
+/// corewire's side: the engine's own [`Shard`] (one worker) holding one
+/// peer, the remote. Packets go in through its TUN and UDP entry points
+/// and its actions come out as datagrams, delivered packets and events,
+/// from which each receive is classified.
 pub struct Corewire {
-    pub iface: Interface,
+    pub shard: Shard,
     pub peer: PeerId,
     pub now: Instant,
-    pub staged: Vec<Vec<u8>>,
+}
+
+/// What one execution of the shard's actions produced.
+#[derive(Default)]
+struct Kernel {
+    sends: Vec<Vec<u8>>,
+    writes: Vec<Vec<u8>>,
+    spent: Vec<Buf>,
+}
+
+impl UdpTx for Kernel {
+    fn send(&mut self, _dst: SocketAddr, _segment: usize, pkts: &mut Vec<Packet>) -> bool {
+        for p in pkts.drain(..) {
+            self.sends.push(p.data().to_vec());
+            self.spent.push(p.into_inner());
+        }
+        true
+    }
+}
+
+impl TunTx for Kernel {
+    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
+        let mut bytes = Vec::new();
+        for (b, s, l) in parts.drain(..) {
+            bytes.extend_from_slice(&b[s..s + l]);
+            self.spent.push(b);
+        }
+        // No TUN offload here: a virtio-net header, then one packet.
+        self.writes.push(bytes[VNET_HDR_LEN..].to_vec());
+        true
+    }
+}
+
+impl Handoffs for Kernel {
+    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
+        panic!("one worker hands nothing over: {packet:?}")
+    }
 }
 
 impl Corewire {
-    /// The engine's send path: seal what the session allows, stage the
-    /// rest; a handshake the core asks for goes out first.
-    pub fn send(&mut self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut bufs: Vec<PacketBuf<Vec<u8>>> = packets
-            .iter()
-            .map(|p| {
-                let mut b = vec![0u8; HEADROOM + p.len() + TAILROOM];
-                b[HEADROOM..HEADROOM + p.len()].copy_from_slice(p);
-                PacketBuf::new(b, HEADROOM, p.len()).expect("in bounds")
-            })
-            .collect();
-        let out = self
-            .iface
-            .encrypt_batch(self.peer, &mut bufs, MTU, self.now);
-        self.staged.extend(packets[out.sealed..].iter().cloned());
-        let mut wire = Vec::new();
-        if let Some(h) = out.handshake {
-            wire.push(h.as_bytes().to_vec());
+    /// Executes the shard's actions: (datagrams sent, packets written to
+    /// the TUN, events).
+    fn execute(&mut self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Event>) {
+        let mut k = Kernel::default();
+        self.shard.execute(&mut k);
+        for b in k.spent.drain(..) {
+            self.shard.pool().put(b);
         }
-        wire.extend(bufs[..out.sealed].iter().map(|b| b.data().to_vec()));
-        wire
+        (k.sends, k.writes, self.shard.events().collect())
     }
 
-    fn flush_staged(&mut self) -> Vec<Vec<u8>> {
-        let staged = std::mem::take(&mut self.staged);
-        if staged.is_empty() {
-            Vec::new()
-        } else {
-            self.send(&staged)
+    /// The engine's send path: the packets are read from the TUN, sealed
+    /// if the session allows, staged otherwise; a handshake the core asks
+    /// for goes out first.
+    pub fn send(&mut self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        for p in packets {
+            let mut buf = self.shard.pool().get();
+            buf[TUN_READ_AT..TUN_READ_AT + VNET_HDR_LEN].fill(0);
+            buf[TUN_READ_AT + VNET_HDR_LEN..TUN_READ_AT + VNET_HDR_LEN + p.len()]
+                .copy_from_slice(p);
+            self.shard.tun_read(buf, VNET_HDR_LEN + p.len(), self.now);
         }
+        self.shard.flush(self.now);
+        let (sends, writes, _) = self.execute();
+        assert!(writes.is_empty());
+        sends
+    }
+
+    /// The packets waiting for the handshake.
+    pub fn staged(&self) -> Vec<Vec<u8>> {
+        self.shard.staged(self.peer).map(<[u8]>::to_vec).collect()
     }
 
     /// The engine's receive path for one datagram from `src`.
     pub fn receive(&mut self, src: SocketAddr, datagram: &[u8]) -> CwOut {
-        let mut pkt = PacketBuf::new(datagram.to_vec(), 0, datagram.len()).expect("in bounds");
-        let mut send = Vec::new();
-        let rx = match self.iface.receive(src, &mut pkt, self.now) {
-            Received::Data {
-                confirmed,
-                handshake,
-                ..
-            } => {
-                send.extend(handshake.map(|h| h.as_bytes().to_vec()));
-                if confirmed {
-                    send.extend(self.flush_staged());
+        let mut buf = self.shard.pool().get();
+        buf[..datagram.len()].copy_from_slice(datagram);
+        self.shard
+            .udp_received(src, buf, 0, datagram.len(), None, self.now);
+        self.shard.flush(self.now);
+        let (send, mut writes, events) = self.execute();
+        assert!(writes.len() <= 1, "one datagram, one packet");
+        let confirmed = events
+            .iter()
+            .any(|e| matches!(e, Event::SessionConfirmed { .. }));
+        let rx = if let Some(packet) = writes.pop() {
+            CwRx::Data { packet, confirmed }
+        } else {
+            let outcome = events.iter().find_map(|e| match *e {
+                Event::Dropped { reason, .. } => Some(CwRx::Dropped(reason)),
+                Event::KeepaliveReceived { peer } => {
+                    assert_eq!(peer, self.peer);
+                    Some(CwRx::Keepalive { confirmed })
                 }
-                CwRx::Data {
-                    packet: pkt.data().to_vec(),
-                    confirmed,
+                Event::ResponseSent { peer, .. } => {
+                    assert_eq!(peer, self.peer);
+                    Some(CwRx::Response)
                 }
-            }
-            Received::Keepalive {
-                confirmed,
-                handshake,
-                ..
-            } => {
-                send.extend(handshake.map(|h| h.as_bytes().to_vec()));
-                if confirmed {
-                    send.extend(self.flush_staged());
+                Event::CookieSent { .. } => Some(CwRx::CookieReply),
+                Event::HandshakeComplete { peer } => {
+                    assert_eq!(peer, self.peer);
+                    Some(CwRx::HandshakeComplete)
                 }
-                CwRx::Keepalive { confirmed }
-            }
-            Received::Reply { peer, reply } => {
-                send.push(reply.as_bytes().to_vec());
-                match peer {
-                    Some(p) => {
-                        assert_eq!(p, self.peer);
-                        CwRx::Response
-                    }
-                    None => CwRx::CookieReply,
+                Event::CookieAccepted { peer } => {
+                    assert_eq!(peer, self.peer);
+                    Some(CwRx::CookieAccepted)
                 }
-            }
-            Received::HandshakeComplete { peer, keepalive } => {
-                assert_eq!(peer, self.peer);
-                let staged = self.flush_staged();
-                if staged.is_empty() {
-                    send.push(keepalive.as_bytes().to_vec());
-                } else {
-                    send.extend(staged);
-                }
-                CwRx::HandshakeComplete
-            }
-            Received::CookieAccepted { peer } => {
-                assert_eq!(peer, self.peer);
-                CwRx::CookieAccepted
-            }
-            // An initiation from a static key this interface does not hold
-            // (for a sharded engine to route); never the configured remote.
-            Received::Foreign { .. } => CwRx::Foreign,
-            Received::Dropped(d) => CwRx::Dropped(d),
+                Event::SessionConfirmed { .. } => None,
+            });
+            outcome.unwrap_or_else(|| panic!("no outcome for a datagram: {events:?}"))
         };
         CwOut { rx, send }
     }
 
     /// Runs the timers at `self.now`; returns what they send.
     pub fn tick(&mut self) -> Vec<Vec<u8>> {
-        let mut wire = Vec::new();
-        let mut drop_staged = false;
-        self.iface.tick(self.now, |_, endpoint, res| {
-            assert_eq!(endpoint, Some(remote_addr()));
-            drop_staged |= res.drop_staged;
-            wire.extend(
-                res.send
-                    .into_iter()
-                    .flatten()
-                    .map(|m| m.as_bytes().to_vec()),
-            );
-        });
-        if drop_staged {
-            self.staged.clear();
-        }
-        wire
+        self.shard.tick(self.now);
+        self.execute().0
     }
 
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
     }
 
+    /// corewire's protocol core.
+    pub fn iface(&mut self) -> &mut Interface {
+        self.shard.interface_mut()
+    }
+
     pub fn peer(&self) -> &Peer {
-        self.iface.peer(self.peer).expect("configured")
+        self.shard.interface().peer(self.peer).expect("configured")
     }
 
     pub fn can_send(&self) -> bool {
@@ -448,8 +462,9 @@ impl Corewire {
 
     /// A keepalive under the current session (`Interface::keepalive`).
     pub fn keepalive(&mut self) -> Vec<Vec<u8>> {
-        self.iface
-            .keepalive(self.peer, self.now)
+        let (peer, now) = (self.peer, self.now);
+        self.iface()
+            .keepalive(peer, now)
             .into_iter()
             .flatten()
             .map(|m| m.as_bytes().to_vec())
@@ -484,20 +499,40 @@ impl<R: Remote> Pair<R> {
         let now = Instant::now();
         let cw_key = PrivateKey::generate();
         let remote_key = PrivateKey::generate();
-        let mut iface = Interface::new(now, SystemTime::now());
-        iface.set_private_key(Some(cw_key.clone()));
-        let peer = iface.add_peer(remote_key.public_key()).expect("peer");
-        iface
-            .allow(peer, IpAddr::V4(REMOTE_INNER4), 32)
-            .expect("allow v4");
-        iface
-            .allow(peer, IpAddr::V6(REMOTE_INNER6), 128)
-            .expect("allow v6");
-        let p = iface.peer_mut(peer).expect("peer");
-        p.set_endpoint(Some(remote_addr()));
-        if let Some(psk) = setup.cw_psk {
-            p.set_preshared_key(PresharedKey::from_bytes(psk));
-        }
+        let mut shard = Shard::new(ShardSetup {
+            id: 0,
+            workers: 1,
+            tso: false,
+            uso: false,
+            clock: (now, SystemTime::now()),
+            pool: Pool::new(0, 256),
+        });
+        shard.set_mtu(MTU);
+        shard.set_sockets(cw_addr().port(), true);
+        let peer_config = PeerConfig {
+            public_key: remote_key.public_key(),
+            preshared_key: setup
+                .cw_psk
+                .map(PresharedKey::from_bytes)
+                .unwrap_or_default(),
+            endpoint: Some(remote_addr()),
+            persistent_keepalive: 0,
+            allowed_ips: vec![
+                (IpAddr::V4(REMOTE_INNER4), 32),
+                (IpAddr::V6(REMOTE_INNER6), 128),
+            ],
+        };
+        shard.apply(
+            &[
+                Change::PrivateKey(Some(cw_key.clone())),
+                Change::Peer(peer_config),
+            ],
+            now,
+        );
+        let peer = shard
+            .interface()
+            .peer_by_key(&remote_key.public_key())
+            .expect("peer");
         let remote = R::new(RemoteConfig {
             private: *remote_key.as_bytes(),
             peer_public: *cw_key.public_key().as_bytes(),
@@ -511,12 +546,7 @@ impl<R: Remote> Pair<R> {
             R::NAME
         );
         Pair {
-            cw: Corewire {
-                iface,
-                peer,
-                now,
-                staged: Vec::new(),
-            },
+            cw: Corewire { shard, peer, now },
             remote,
         }
     }
@@ -535,7 +565,7 @@ impl<R: Remote> Pair<R> {
     /// leave at once and arrive at the remote byte for byte.
     pub fn cw_sends(&mut self, packets: &[Vec<u8>]) {
         let wire = self.cw.send(packets);
-        assert!(self.cw.staged.is_empty(), "nothing staged with a session");
+        assert!(self.cw.staged().is_empty(), "nothing staged with a session");
         assert_eq!(wire.len(), packets.len(), "one datagram per packet");
         for (d, p) in wire.iter().zip(packets) {
             assert_transport(d);
@@ -598,11 +628,8 @@ impl<R: Remote> Pair<R> {
     /// corewire initiates with nothing staged; the remote answers and
     /// takes corewire's keepalive.
     pub fn establish_cw_initiated(&mut self) {
-        let init = self
-            .cw
-            .iface
-            .initiate(self.cw.peer, self.cw.now)
-            .expect("initiation");
+        let (peer, now) = (self.cw.peer, self.cw.now);
+        let init = self.cw.iface().initiate(peer, now).expect("initiation");
         let resp = self.remote_gets(init.as_bytes()).send();
         assert_eq!(resp.len(), 1);
         assert_response(&resp[0]);
@@ -656,7 +683,7 @@ pub fn cw_initiates<R: Remote>(setup: Setup) {
     let wire = pair.cw.send(&to_remote);
     assert_eq!(wire.len(), 1, "no session: only an initiation leaves");
     assert_initiation(&wire[0]);
-    assert_eq!(pair.cw.staged.len(), to_remote.len(), "packets staged");
+    assert_eq!(pair.cw.staged().len(), to_remote.len(), "packets staged");
     assert_eq!(initiation_mac2(&wire[0]), [0; 16], "no cookie yet");
 
     let resp = pair.remote_gets(&wire[0]).send();
@@ -787,7 +814,7 @@ pub fn psk_mismatch<R: Remote>(cw_psk: Option<[u8; 32]>, remote_psk: Option<[u8;
     );
     assert!(out.send.is_empty());
     assert_no_session_delivered(&mut pair);
-    assert_eq!(pair.cw.staged.len(), 1, "still waiting");
+    assert_eq!(pair.cw.staged().len(), 1, "still waiting");
 
     // Whatever the remote sends now cannot reach corewire's tunnel: either
     // it has no confirmed session and initiates, or it seals under its
@@ -901,7 +928,8 @@ pub fn remote_cookie<R: Remote>() {
 /// mac2 corewire accepts.
 pub fn cw_cookie<R: Remote>() {
     let mut pair = Pair::<R>::new(Setup::default());
-    pair.cw.iface.signal_load(pair.cw.now);
+    let now = pair.cw.now;
+    pair.cw.iface().signal_load(now);
 
     let first = small(false, 21);
     let wire = pair.remote.send(&first);
@@ -988,9 +1016,10 @@ pub fn keepalives<R: Remote>() {
 
     // Persistent keepalive, timer-driven in simulated time.
     let now = pair.cw.now;
+    let peer = pair.cw.peer;
     pair.cw
-        .iface
-        .peer_mut(pair.cw.peer)
+        .iface()
+        .peer_mut(peer)
         .expect("peer")
         .set_persistent_keepalive(25, now);
     pair.cw.advance(Duration::from_secs(24));
@@ -1220,7 +1249,8 @@ pub fn remote_cookie_on_response<R: Remote>() {
 /// response carrying mac2, which corewire accepts under load.
 pub fn cw_cookie_on_response<R: Remote>() {
     let mut pair = Pair::<R>::new(Setup::default());
-    pair.cw.iface.signal_load(pair.cw.now);
+    let now = pair.cw.now;
+    pair.cw.iface().signal_load(now);
     let packets = vec![small(true, 61), small(true, 62)];
     let init = pair.cw.send(&packets);
     assert_initiation(&init[0]);
@@ -1240,7 +1270,8 @@ pub fn cw_cookie_on_response<R: Remote>() {
 
     pair.cw
         .advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + Duration::from_millis(1));
-    pair.cw.iface.signal_load(pair.cw.now);
+    let now = pair.cw.now;
+    pair.cw.iface().signal_load(now);
     let retry = pair.cw.tick();
     assert_eq!(retry.len(), 1);
     let resp = pair.remote_gets(&retry[0]).send();
@@ -1271,7 +1302,7 @@ pub fn responder_stages_until_confirmed<R: Remote>() {
 
     let early = small(true, 72);
     let w = pair.cw.send(std::slice::from_ref(&early));
-    assert_eq!(pair.cw.staged, vec![early.clone()], "staged");
+    assert_eq!(pair.cw.staged(), vec![early.clone()], "staged");
     assert!(
         w.is_empty(),
         "corewire sent {:?} (message types) while its response was in flight",
@@ -1304,7 +1335,7 @@ pub fn simultaneous_initiations<R: Remote>() {
     assert_eq!(got.at_cw, vec![pr], "{got:?}");
     assert_eq!(got.at_remote, vec![pc], "{got:?}");
     assert!(pair.cw.can_send());
-    assert!(pair.cw.staged.is_empty());
+    assert!(pair.cw.staged().is_empty());
     // Afterwards both directions work without further handshakes.
     pair.cw.advance(Duration::from_secs(1));
     pair.cw_sends(&packet_mix(true, 83));
