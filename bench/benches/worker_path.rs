@@ -52,64 +52,28 @@
 //! write), and runs every timed body with a counting allocator, panicking
 //! if one allocates.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use corewire_bench::{nonce, raw_key, MTU};
 use corewire_dataplane::engine::config::{Change, Device, PeerConfig};
-use corewire_dataplane::engine::mem::MemNet;
+use corewire_dataplane::engine::mem::{MemNet, Sink};
 use corewire_dataplane::engine::offload::virtio::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
 use corewire_dataplane::engine::offload::{checksum, parse_read, TunRead, VirtioNetHdr};
-use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
-use corewire_dataplane::engine::shard::{Handoff, Handoffs, Shard, TunTx, UdpTx, TUN_READ_AT};
+use corewire_dataplane::engine::pool::{Buf, Pool};
+use corewire_dataplane::engine::shard::{Shard, TUN_READ_AT};
 use corewire_dataplane::engine::tun::Offload;
-use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey, PublicKey};
+use corewire_dataplane::proto::keys::{PresharedKey, PublicKey};
 use corewire_dataplane::proto::messages::{HEADROOM, TAILROOM, TRANSPORT_MIN_LEN};
+use corewire_testkit::alloc::{check_no_allocation, CountingAllocator};
 use criterion::{criterion_group, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey};
 
-/// Counts allocations while `COUNTING` is set (see `check_no_allocation`).
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// IPv4 header without options.
 const IP_LEN: usize = 20;
@@ -122,6 +86,7 @@ const SEGMENTS: usize = (65535 - IP_LEN - TCP_LEN) / MSS;
 /// Transport header and tag around every sealed packet.
 const OVERHEAD: usize = TRANSPORT_MIN_LEN;
 
+/// The tunnel addresses of `MemNet::pair`'s two devices.
 const INNER_SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const INNER_DST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const TCP_ACK: u8 = 0x10;
@@ -310,118 +275,27 @@ impl Tunnel {
     }
 }
 
-fn peer(key: PublicKey, endpoint: Option<SocketAddr>, prefix: (IpAddr, u8)) -> Change {
-    Change::Peer(PeerConfig {
-        public_key: key,
-        preshared_key: PresharedKey::default(),
-        endpoint,
-        persistent_keepalive: 0,
-        allowed_ips: vec![prefix],
-    })
-}
-
 fn tunnel() -> Tunnel {
-    let offload = Offload {
+    let mut net = MemNet::pair(Offload {
         tso: true,
         uso: true,
-    };
-    let (addr_a, addr_b): (SocketAddr, SocketAddr) = (
-        "192.0.2.1:51820".parse().expect("address"),
-        "192.0.2.2:51820".parse().expect("address"),
-    );
-    let mut net = MemNet::new();
-    let (a, b) = (net.add(addr_a, 1, offload), net.add(addr_b, 1, offload));
-    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
-    let mut changes = vec![
-        Change::PrivateKey(Some(ka.clone())),
-        peer(kb.public_key(), Some(addr_b), (INNER_DST.into(), 32)),
-    ];
+    });
+    let mut others = Vec::new();
     for i in 0..63u8 {
-        let other = PublicKey::from_bytes([i + 1; 32]);
-        changes.push(peer(other, None, (Ipv4Addr::new(10, 1, i, 0).into(), 24)));
+        others.push(Change::Peer(PeerConfig {
+            public_key: PublicKey::from_bytes([i + 1; 32]),
+            preshared_key: PresharedKey::default(),
+            endpoint: None,
+            persistent_keepalive: 0,
+            allowed_ips: vec![(Ipv4Addr::new(10, 1, i, 0).into(), 24)],
+        }));
     }
-    net.devices[a].apply(changes).expect("configured");
-    net.devices[b]
-        .apply(vec![
-            Change::PrivateKey(Some(kb)),
-            peer(ka.public_key(), None, (INNER_SRC.into(), 32)),
-        ])
-        .expect("configured");
+    net.devices[0].apply(others).expect("configured");
     for d in &mut net.devices {
         d.set_mtu(MTU);
     }
-    let now = net.now;
-    net.devices[a].tun_send(&tcp4_partial(100, 1, TCP_ACK), now);
-    net.settle();
-    assert_eq!(
-        net.devices[b].delivered.len(),
-        1,
-        "handshake and first packet"
-    );
-    net.devices[b].delivered.clear();
-    Tunnel {
-        net,
-        from_a: addr_a,
-    }
-}
-
-/// The kernel side of the benchmark: takes what a shard submits, reads
-/// each part's pointer and length (the iovecs), and keeps the buffers for
-/// the pool; captures the sends' bytes when asked to.
-#[derive(Default)]
-struct Sink {
-    spent: Vec<Buf>,
-    sends: usize,
-    datagrams: usize,
-    writes: usize,
-    parts: usize,
-    /// The bytes of each send and its GSO segment size.
-    capture: Option<Vec<(Vec<u8>, Option<usize>)>>,
-}
-
-impl UdpTx for Sink {
-    fn send(&mut self, _dst: SocketAddr, segment: usize, pkts: &mut Vec<Packet>) -> bool {
-        self.sends += 1;
-        self.datagrams += pkts.len();
-        if let Some(c) = self.capture.as_mut() {
-            let bytes = pkts.iter().flat_map(|p| p.data().iter().copied()).collect();
-            c.push((bytes, (pkts.len() > 1).then_some(segment)));
-        }
-        for p in pkts.drain(..) {
-            black_box((p.data().as_ptr(), p.len()));
-            self.spent.push(p.into_inner());
-        }
-        true
-    }
-}
-
-impl TunTx for Sink {
-    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
-        self.writes += 1;
-        self.parts += parts.len();
-        for (b, start, len) in parts.drain(..) {
-            black_box((b[start..].as_ptr(), len));
-            self.spent.push(b);
-        }
-        true
-    }
-}
-
-impl Handoffs for Sink {
-    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
-        Err(packet)
-    }
-}
-
-impl Sink {
-    /// The shard's actions executed, and their buffers back in its pool
-    /// (what the completions of the sends and writes do).
-    fn execute(&mut self, shard: &mut Shard) {
-        shard.execute(self);
-        for b in self.spent.drain(..) {
-            shard.pool().put(b);
-        }
-    }
+    let from_a = net.devices[0].addr();
+    Tunnel { net, from_a }
 }
 
 /// The shipped send side for one TUN read.
@@ -504,10 +378,7 @@ impl DecryptPath {
         let mut d = Self {
             t: tunnel(),
             read: tun_read(true),
-            sender: Sink {
-                capture: Some(Vec::new()),
-                ..Sink::default()
-            },
+            sender: Sink::capturing(),
             sink: Sink::default(),
             incoming: Vec::new(),
             plain: segments(),
@@ -716,24 +587,6 @@ fn decrypt(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// Runs `prepare` then `body` a few times to warm up, then a few more
-/// counting the heap allocations `body` makes; panics if there were any.
-fn check_no_allocation(name: &str, mut prepare: impl FnMut(), mut body: impl FnMut()) {
-    for _ in 0..3 {
-        prepare();
-        body();
-    }
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    for _ in 0..3 {
-        prepare();
-        COUNTING.store(true, Ordering::SeqCst);
-        body();
-        COUNTING.store(false, Ordering::SeqCst);
-    }
-    let n = ALLOCATIONS.load(Ordering::SeqCst);
-    assert_eq!(n, 0, "{name}: the measured loop body allocated {n} times");
 }
 
 /// Checks, before measuring, that the paths do the work they claim and

@@ -1,12 +1,13 @@
 //! The packet path allocates nothing: after a handshake, sealing a batch of
 //! packets through `Interface::encrypt_batch` and opening each of them with
-//! `Interface::receive` makes no heap allocation. A counting global
-//! allocator (this test binary's own) proves it.
+//! `Interface::receive` makes no heap allocation; neither do the offload
+//! split and coalescer, nor the engine's shard on its whole way out (a TSO
+//! super-packet in, GSO sends out) and in (GRO receives in, one coalesced
+//! TUN write out). A counting global allocator (this test binary's own)
+//! proves it.
 
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
@@ -14,62 +15,15 @@ use corewire_dataplane::proto::interface::{Interface, Received};
 use corewire_dataplane::proto::keys::PrivateKey;
 use corewire_dataplane::proto::messages::{HEADROOM, TAILROOM};
 use corewire_dataplane::proto::session::PacketBuf;
-
-/// Counts the allocations a thread makes while its `COUNTING` is set, so
-/// tests running side by side do not count each other's.
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_allocation() {
-    // `try_with`: the thread-locals may be gone while a thread exits.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-fn counting(on: bool) {
-    COUNTING.with(|c| c.set(on));
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use corewire_testkit::alloc::{allocations, counting, CountingAllocator};
+use corewire_testkit::packets::{ipv4_filled, IPV4_HEADER_LEN};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
+/// An IPv4 packet of `len` bytes in all.
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p
+    ipv4_filled(src, dst, len - IPV4_HEADER_LEN, 0)
 }
 
 #[test]
@@ -209,4 +163,58 @@ fn offload_split_and_coalesce_allocate_nothing() {
         assert_eq!(total, read.len(), "the same bytes back, round {round}");
     }
     assert_eq!(allocations(), 0, "split or coalesce allocated");
+}
+
+#[test]
+fn shard_paths_allocate_nothing() {
+    use corewire_dataplane::engine::mem::{MemNet, Sink};
+    use corewire_dataplane::engine::shard::TUN_READ_AT;
+    use corewire_dataplane::engine::tun::Offload;
+    let mut net = MemNet::pair(Offload {
+        tso: true,
+        uso: true,
+    });
+    let (from, now) = (net.devices[0].addr(), net.now);
+    let read = tso_read(64_000, 1380);
+    let (mut out, mut capture, mut sink) = (Sink::default(), Sink::capturing(), Sink::default());
+    for round in 0..4 {
+        // The TUN read is in its buffer before the worker runs.
+        let a = net.devices[0].shard_mut(0).unwrap();
+        let mut buf = a.pool().get();
+        buf[TUN_READ_AT..TUN_READ_AT + read.len()].copy_from_slice(&read);
+        counting(round > 0);
+        a.tun_read(buf, read.len(), now);
+        a.flush(now);
+        out.execute(a);
+        counting(false);
+        // The same again, captured, for the receiver (fresh counters).
+        let mut buf = a.pool().get();
+        buf[TUN_READ_AT..TUN_READ_AT + read.len()].copy_from_slice(&read);
+        a.tun_read(buf, read.len(), now);
+        a.flush(now);
+        capture.execute(a);
+        let sends = capture.capture.as_mut().map(std::mem::take).unwrap();
+        let b = net.devices[1].shard_mut(0).unwrap();
+        let bufs: Vec<_> = sends
+            .iter()
+            .map(|(bytes, _)| {
+                let mut buf = b.pool().get();
+                buf[64..64 + bytes.len()].copy_from_slice(bytes);
+                buf
+            })
+            .collect();
+        counting(round > 0);
+        for (buf, (bytes, segment)) in bufs.into_iter().zip(&sends) {
+            b.udp_received(from, buf, 64, bytes.len(), *segment, now);
+        }
+        b.flush(now);
+        sink.execute(b);
+        counting(false);
+    }
+    assert_eq!(out.datagrams, 4 * 64_000usize.div_ceil(1380));
+    assert_eq!(
+        (sink.writes, sink.parts),
+        (4, 4 * 64_000usize.div_ceil(1380))
+    );
+    assert_eq!(allocations(), 0, "the shard's paths allocated");
 }

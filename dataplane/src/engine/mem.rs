@@ -147,6 +147,79 @@ impl Handoffs for MemIo<'_> {
     }
 }
 
+/// A kernel side that takes every action of one shard and gives the
+/// buffers straight back to its pool, counting what it took (and, when
+/// asked, keeping a copy of each send): for benchmarks and allocation
+/// checks of a shard alone. Handoffs are refused (one worker).
+#[derive(Debug, Default)]
+pub struct Sink {
+    /// UDP sends taken (one per datagram or GSO run).
+    pub sends: usize,
+    /// Datagrams in them.
+    pub datagrams: usize,
+    /// TUN writes taken.
+    pub writes: usize,
+    /// Parts (iovecs) of those writes.
+    pub parts: usize,
+    /// With `Some`, each send's bytes and GSO segment size (this allocates).
+    pub capture: Option<Vec<(Vec<u8>, Option<usize>)>>,
+    spent: Vec<Buf>,
+}
+
+impl Sink {
+    /// A sink that keeps a copy of every send.
+    pub fn capturing() -> Self {
+        Sink {
+            capture: Some(Vec::new()),
+            ..Sink::default()
+        }
+    }
+
+    /// Executes `shard`'s actions and returns their buffers to its pool,
+    /// as the completions of the sends and writes would.
+    pub fn execute(&mut self, shard: &mut Shard) {
+        shard.execute(self);
+        for b in self.spent.drain(..) {
+            shard.pool().put(b);
+        }
+    }
+}
+
+impl UdpTx for Sink {
+    fn send(&mut self, _dst: SocketAddr, segment: usize, pkts: &mut Vec<Packet>) -> bool {
+        self.sends += 1;
+        self.datagrams += pkts.len();
+        if let Some(c) = self.capture.as_mut() {
+            let bytes = pkts.iter().flat_map(|p| p.data().iter().copied()).collect();
+            c.push((bytes, (pkts.len() > 1).then_some(segment)));
+        }
+        for p in pkts.drain(..) {
+            // What the kernel reads of each part: its iovec.
+            std::hint::black_box((p.data().as_ptr(), p.len()));
+            self.spent.push(p.into_inner());
+        }
+        true
+    }
+}
+
+impl TunTx for Sink {
+    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
+        self.writes += 1;
+        self.parts += parts.len();
+        for (b, start, len) in parts.drain(..) {
+            std::hint::black_box((b[start..].as_ptr(), len));
+            self.spent.push(b);
+        }
+        true
+    }
+}
+
+impl Handoffs for Sink {
+    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
+        Err(packet)
+    }
+}
+
 /// A device in memory: one shard per worker, a TUN and a UDP address.
 #[derive(Debug)]
 pub struct MemDevice {
@@ -436,6 +509,51 @@ impl MemNet {
             }
         }
         panic!("the network did not settle in {SETTLE_ROUNDS} rounds");
+    }
+
+    /// Two single-worker devices after a completed handshake: device 0 at
+    /// 192.0.2.1:51820 with tunnel address 10.0.0.1, device 1 at
+    /// 192.0.2.2:51820 with 10.0.0.2, each the other's only peer (device
+    /// 0 knows device 1's endpoint), configured as the control plane does.
+    pub fn pair(offload: Offload) -> Self {
+        use crate::engine::config::PeerConfig;
+        use crate::proto::keys::{PresharedKey, PrivateKey};
+        use std::net::{IpAddr, Ipv4Addr};
+        let addrs: [SocketAddr; 2] = [
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820),
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 51820),
+        ];
+        let inner = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
+        let keys = [PrivateKey::generate(), PrivateKey::generate()];
+        let mut net = MemNet::new();
+        for i in 0..2 {
+            let d = net.add(addrs[i], 1, offload);
+            let peer = PeerConfig {
+                public_key: keys[1 - i].public_key(),
+                preshared_key: PresharedKey::default(),
+                endpoint: (i == 0).then_some(addrs[1]),
+                persistent_keepalive: 0,
+                allowed_ips: vec![(IpAddr::V4(inner[1 - i]), 32)],
+            };
+            let changes = vec![
+                Change::PrivateKey(Some(keys[i].clone())),
+                Change::Peer(peer),
+            ];
+            // In memory, applying cannot fail.
+            let _ = net.devices[d].apply(changes);
+        }
+        // A first packet starts the handshake and follows it.
+        let mut first = [0u8; 28];
+        first[0] = 0x45;
+        first[3] = 28;
+        first[9] = 17;
+        first[12..16].copy_from_slice(&inner[0].octets());
+        first[16..20].copy_from_slice(&inner[1].octets());
+        let now = net.now;
+        net.devices[0].tun_send(&first, now);
+        net.settle();
+        net.devices[1].delivered.clear();
+        net
     }
 
     /// [`settle_with`](Self::settle_with) a lossless network.

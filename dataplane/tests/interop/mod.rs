@@ -57,53 +57,12 @@ pub const REMOTE_INNER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const CW_INNER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 pub const REMOTE_INNER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
-/// IP protocol number for experimentation (RFC 3692): the payload is ours.
-const PROTO_EXPERIMENT: u8 = 253;
-
 // ---------------------------------------------------------------------------
 // Packets
 
-/// An IPv4 packet (header with a correct checksum) carrying `payload_len`
-/// bytes that count up from `seed`, so no payload looks like padding.
-pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize, seed: u8) -> Vec<u8> {
-    let total = 20 + payload_len;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&u16::try_from(total).expect("fits").to_be_bytes());
-    p[4..6].copy_from_slice(&u16::from(seed).to_be_bytes());
-    p[8] = 64;
-    p[9] = PROTO_EXPERIMENT;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let sum = p[..20]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    p[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
-    fill(&mut p[20..], seed);
-    p
-}
-
-/// An IPv6 packet carrying `payload_len` bytes that count up from `seed`.
-pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, payload_len: usize, seed: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 40 + payload_len];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&u16::try_from(payload_len).expect("fits").to_be_bytes());
-    p[6] = PROTO_EXPERIMENT;
-    p[7] = 64;
-    p[8..24].copy_from_slice(&src.octets());
-    p[24..40].copy_from_slice(&dst.octets());
-    fill(&mut p[40..], seed);
-    p
-}
-
-fn fill(payload: &mut [u8], seed: u8) {
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b = seed.wrapping_add(i as u8) | 1;
-    }
-}
+/// IPv4 (with a correct header checksum) and IPv6 packets carrying
+/// payloads that count up from a seed, so no payload looks like padding.
+pub use corewire_testkit::packets::{ipv4_packet, ipv6_packet};
 
 /// The packets each test sends in one direction: IPv4 and IPv6, from a
 /// 1-byte payload up to a full 1420-byte packet, sizes that are and are

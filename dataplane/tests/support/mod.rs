@@ -104,19 +104,8 @@ pub struct Net {
     pub sent_datagrams: usize,
 }
 
-/// A minimal IPv4 packet from `src` to `dst` with `payload_len` bytes.
-pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize, fill: u8) -> Vec<u8> {
-    let total = 20 + payload_len;
-    let mut p = vec![fill; total];
-    p[0] = 0x45;
-    p[1] = 0;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p
-}
+/// A minimal IPv4 packet from `src` to `dst`: `payload_len` bytes of `fill`.
+pub use corewire_testkit::packets::ipv4_filled as ipv4_packet;
 
 impl Net {
     /// Two nodes that know each other; node 0 has node 1's endpoint, node
