@@ -11,9 +11,9 @@ use ring::aead::{LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 /// Packets per batch in the session benchmarks: what one io_uring receive
 /// or one GSO send carries at most.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = corewire_dataplane::engine::limits::MAX_SEGMENTS;
 /// The tunnel MTU used for padding.
-pub const MTU: usize = 1420;
+pub const MTU: usize = corewire_dataplane::engine::limits::DEFAULT_MTU as usize;
 
 /// Fixed test keys: benchmarks need no secrecy, only realistic work.
 const KEY_A: [u8; 32] = [0x11; 32];

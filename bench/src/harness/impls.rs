@@ -17,7 +17,7 @@ use super::topology::{Topology, VETH_A, VETH_B};
 pub const TUNNEL_A: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 pub const TUNNEL_B: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
 /// The tunnel MTU on both ends.
-pub const TUNNEL_MTU: u32 = 1420;
+pub const TUNNEL_MTU: u32 = corewire_dataplane::engine::limits::DEFAULT_MTU;
 /// The WireGuard UDP port on both ends (each end in its own namespace).
 pub const LISTEN_PORT: u16 = 51820;
 

@@ -37,9 +37,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use super::sys;
 
-/// MTU set on a new device: WireGuard's default, as with wireguard-go
-/// (1500 minus the 80 bytes of IPv6 + UDP + WireGuard overhead).
-pub const DEFAULT_MTU: u32 = 1420;
+/// MTU set on a new device (see [`limits`](super::limits)).
+pub use super::limits::DEFAULT_MTU;
 
 /// Most queues one TUN device can have (the kernel's `MAX_TAP_QUEUES`).
 pub const MAX_QUEUES: usize = 256;

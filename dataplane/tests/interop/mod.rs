@@ -40,7 +40,7 @@ use corewire_dataplane::proto::timers::{
 };
 
 /// Tunnel MTU on both sides.
-pub const MTU: usize = 1420;
+pub const MTU: usize = corewire_dataplane::engine::limits::DEFAULT_MTU as usize;
 /// Keepalive: a transport header, no plaintext, a tag.
 pub const KEEPALIVE_LEN: usize = 32;
 

@@ -26,7 +26,7 @@ use corewire_dataplane::proto::interface::Interface;
 use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
 use corewire_dataplane::proto::peer::PeerId;
 
-pub const MTU: usize = 1420;
+pub const MTU: usize = corewire_dataplane::engine::limits::DEFAULT_MTU as usize;
 
 /// One side: a shard, its address, and what came out of its TUN.
 pub struct Node {
