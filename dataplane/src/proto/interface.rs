@@ -440,6 +440,51 @@ impl Interface {
         }
     }
 
+    /// A run of transport messages from `src` for receiver `index` (one GRO
+    /// burst), opened in place with one index lookup and one session
+    /// search ([`Peer::decrypt_run`]). Writes one result per packet:
+    /// `Ok(len)` with the packet shrunk to its inner IP packet (`len` 0 for
+    /// a keepalive), or why it was dropped. Returns the peer (if the index
+    /// names one), whether the run confirmed a new session, and a rekey
+    /// initiation if one is due: what [`Received::Data`] carries, once.
+    pub fn receive_transport_run<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        index: u32,
+        src: SocketAddr,
+        pkts: &mut [PacketBuf<B>],
+        now: Instant,
+        opened: &mut Vec<Result<usize, PeerError>>,
+        results: &mut Vec<Result<usize, Drop>>,
+    ) -> (Option<PeerId>, bool, Option<ControlMsg>) {
+        let found = self.indexes.get(index).copied();
+        let Some((id, (mut ctx, peer))) = found.and_then(|id| Some((id, self.ctx_and_peer(id)?)))
+        else {
+            results.extend(pkts.iter().map(|_| Err(Drop::UnknownIndex)));
+            return (None, false, None);
+        };
+        opened.clear();
+        let (confirmed, handshake) = peer.decrypt_run(&mut ctx, index, pkts, src, now, opened);
+        for (pkt, res) in pkts.iter_mut().zip(opened.drain(..)) {
+            let r = match res {
+                Ok(0) => Ok(0),
+                Ok(_) => match inner_source(pkt.data()) {
+                    None => Err(Drop::NotIp),
+                    Some((source, _)) if self.allowed_source(source) != Some(id) => {
+                        Err(Drop::SourceNotAllowed)
+                    }
+                    Some((_, total)) => {
+                        // Drop the padding: the IP header says how long it is.
+                        pkt.truncate(total);
+                        Ok(total)
+                    }
+                },
+                Err(e) => Err(Drop::Peer(e)),
+            };
+            results.push(r);
+        }
+        (Some(id), confirmed, handshake)
+    }
+
     /// [`Self::receive`] for everything but transport data.
     fn receive_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
@@ -598,6 +643,7 @@ pub fn inner_source(packet: &[u8]) -> Option<(IpAddr, usize)> {
 mod tests {
     use super::*;
     use crate::proto::messages::{HEADROOM, TAILROOM, TYPE_INITIATION};
+    use crate::proto::session::OpenError;
     use crate::proto::timers::{REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT};
 
     fn buf(len: usize) -> PacketBuf<Vec<u8>> {
@@ -639,6 +685,107 @@ mod tests {
             }
         ));
         (a, ia, b, ib)
+    }
+
+    /// An IPv4 packet from `src` of `len` bytes in all.
+    fn ip_from(src: [u8; 4], len: usize) -> PacketBuf<Vec<u8>> {
+        let mut p = buf(len);
+        let d = p.data_mut();
+        d[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        d[12..16].copy_from_slice(&src);
+        p
+    }
+
+    #[test]
+    fn a_run_of_transport_messages_is_opened_together() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+        let (mut a, mut b) = (Interface::new(now, wall), Interface::new(now, wall));
+        let ia = a.add_peer(kb.public_key()).unwrap();
+        let ib = b.add_peer(ka.public_key()).unwrap();
+        a.set_private_key(Some(ka));
+        b.set_private_key(Some(kb));
+        b.allow(ib, IpAddr::V4([10, 0, 0, 1].into()), 32).unwrap();
+        let (sa, sb): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:2".parse().unwrap(),
+        );
+        // Handshake; b's session waits in `next` for a's first message.
+        let init = a.initiate(ia, now).unwrap();
+        let mut p = PacketBuf::new(init.as_bytes().to_vec(), 0, 148).unwrap();
+        let Received::Reply { reply, .. } = b.receive(sa, &mut p, now) else {
+            panic!("no response")
+        };
+        let mut p = PacketBuf::new(reply.as_bytes().to_vec(), 0, 92).unwrap();
+        assert!(matches!(
+            a.receive(sb, &mut p, now),
+            Received::HandshakeComplete { .. }
+        ));
+        // A burst: a keepalive, three packets (one from a source b does
+        // not allow), then one tampered with and one replayed.
+        let ka_msg = a.keepalive(ia, now)[0].clone().unwrap();
+        let mut sealed = [
+            ip_from([10, 0, 0, 1], 100),
+            ip_from([10, 0, 0, 9], 60),
+            ip_from([10, 0, 0, 1], 1000),
+        ];
+        assert_eq!(a.encrypt_batch(ia, &mut sealed, 1420, now).sealed, 3);
+        let mut burst: Vec<PacketBuf<Vec<u8>>> = std::iter::once(ka_msg.as_bytes().to_vec())
+            .chain(sealed.iter().map(|p| p.data().to_vec()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|d| {
+                let n = d.len();
+                PacketBuf::new(d, 0, n).unwrap()
+            })
+            .collect();
+        let mut tampered = burst[3].data().to_vec();
+        *tampered.last_mut().unwrap() ^= 1;
+        burst.push(PacketBuf::new(tampered.clone(), 0, tampered.len()).unwrap());
+        let replayed = burst[1].data().to_vec();
+        burst.push(PacketBuf::new(replayed.clone(), 0, replayed.len()).unwrap());
+        // The tampered copy of the last packet comes before it.
+        burst.swap(3, 4);
+        let index = messages::transport_receiver(burst[0].data()).unwrap();
+        let (mut opened, mut results) = (Vec::new(), Vec::new());
+        let (peer, confirmed, handshake) =
+            b.receive_transport_run(index, sa, &mut burst, now, &mut opened, &mut results);
+        assert_eq!(
+            (peer, confirmed, handshake.is_none()),
+            (Some(ib), true, true)
+        );
+        assert_eq!(
+            results,
+            [
+                Ok(0),
+                Ok(100),
+                Err(Drop::SourceNotAllowed),
+                Err(Drop::Peer(PeerError::Open(OpenError::Auth))),
+                Ok(1000),
+                Err(Drop::Peer(PeerError::Open(OpenError::Replay))),
+            ]
+        );
+        assert_eq!(burst[1].len(), 100, "trimmed to the IP packet");
+        let p = b.peer(ib).unwrap();
+        assert_eq!(p.endpoint(), Some(sa));
+        assert!(p.last_handshake().is_some());
+        // The next run uses the confirmed session: nothing to confirm.
+        let mut more = [ip_from([10, 0, 0, 1], 40)];
+        a.encrypt_batch(ia, &mut more, 1420, now);
+        let mut run = [PacketBuf::new(more[0].data().to_vec(), 0, more[0].len()).unwrap()];
+        results.clear();
+        let (_, confirmed, _) =
+            b.receive_transport_run(index, sa, &mut run, now, &mut opened, &mut results);
+        assert_eq!((confirmed, results.as_slice()), (false, &[Ok(40)][..]));
+        // An index nobody holds refuses the whole run.
+        results.clear();
+        let (peer, ..) =
+            b.receive_transport_run(index ^ 1, sa, &mut run, now, &mut opened, &mut results);
+        assert_eq!(
+            (peer, results.as_slice()),
+            (None, &[Err(Drop::UnknownIndex)][..])
+        );
     }
 
     #[test]

@@ -546,6 +546,77 @@ impl Peer {
         })
     }
 
+    /// Opens a run of transport messages addressed to our index
+    /// `local_index` (one GRO burst), in place, writing one result per
+    /// packet (the plaintext length, 0 for a keepalive). The session is
+    /// found, checked for expiry, and the endpoint, counters and timers
+    /// updated once for the run rather than once per packet; each packet
+    /// still passes the replay window and authentication on its own, and a
+    /// refused one leaves the others untouched. Returns what [`decrypt`]
+    /// returns once: whether the run confirmed a new session, and a rekey
+    /// initiation if due (both only if at least one packet opened).
+    ///
+    /// [`decrypt`]: Self::decrypt
+    pub fn decrypt_run<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        local_index: u32,
+        pkts: &mut [PacketBuf<B>],
+        src: SocketAddr,
+        now: Instant,
+        results: &mut Vec<Result<usize, PeerError>>,
+    ) -> (bool, Option<ControlMsg>) {
+        let session = self
+            .active
+            .as_mut()
+            .and_then(|a| a.find(local_index).map(|slot| (slot, a)));
+        let Some((slot, a)) = session else {
+            results.extend(pkts.iter().map(|_| Err(PeerError::UnknownIndex)));
+            return (false, None);
+        };
+        let Some(session) = a.slot(slot).as_mut() else {
+            results.extend(pkts.iter().map(|_| Err(PeerError::UnknownIndex)));
+            return (false, None);
+        };
+        if now.saturating_duration_since(session.created) >= timers::REJECT_AFTER_TIME {
+            results.extend(pkts.iter().map(|_| Err(PeerError::Expired)));
+            return (false, None);
+        }
+        let (mut bytes, mut opened_any, mut data) = (0u64, false, false);
+        for pkt in pkts.iter_mut() {
+            let wire_len = pkt.len() as u64;
+            match session.open(pkt) {
+                Ok(o) => {
+                    bytes += wire_len;
+                    opened_any = true;
+                    data |= o.len > 0;
+                    results.push(Ok(o.len));
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        if !opened_any {
+            return (false, None);
+        }
+        self.endpoint = Some(src);
+        self.rx_bytes += bytes;
+        let confirmed = slot == Slot::Next;
+        if confirmed {
+            let next = a.next.take();
+            let old_current = std::mem::replace(&mut a.current, next);
+            retire(ctx.indexes, std::mem::replace(&mut a.previous, old_current));
+            a.timers.handshake_complete();
+            self.last_handshake = Some(ctx.clock.wall_at(now));
+        }
+        a.timers.any_authenticated_received();
+        a.timers
+            .any_authenticated_traversal(now, self.persistent_keepalive);
+        if data {
+            a.timers.data_received(now);
+        }
+        (confirmed, self.keep_fresh_receiving(ctx, now))
+    }
+
     /// Initiator rekeys on receive in the last minute before its session
     /// would expire under the responder, once per session.
     /// Inlined into every receive: all but an initiator that has not yet

@@ -46,7 +46,7 @@ use super::pool::{Buf, Packet, Pool};
 use crate::proto::allowedips::AllowedIps;
 use crate::proto::interface::{Drop, Interface};
 use crate::proto::keys::PublicKey;
-use crate::proto::peer::{PeerId, TickOutcome};
+use crate::proto::peer::{PeerError, PeerId, TickOutcome};
 
 /// A packet passed to the worker that owns its peer.
 #[derive(Debug)]
@@ -178,6 +178,10 @@ struct Out {
     parts: Vec<(Buf, usize, usize)>,
 }
 
+/// Per-packet results of opening a run: the session's, then the
+/// interface's (inner source checked).
+type RunResults = (Vec<Result<usize, PeerError>>, Vec<Result<usize, Drop>>);
+
 /// One worker's peers and packet logic.
 pub struct Shard {
     id: u32,
@@ -205,9 +209,12 @@ pub struct Shard {
     batch_peer: Option<PeerId>,
     /// Whether UDP GSO is in use (switched off if the kernel refuses it).
     gso: bool,
-    /// The datagrams after the first of a GRO receive, copied out into
-    /// their own buffers (kept for its capacity).
+    /// The datagrams of a GRO receive (kept for its capacity).
     gro: Vec<Packet>,
+    /// A run of transport messages for one session within it.
+    run: Vec<Packet>,
+    /// Per-packet results of opening a run (kept for their capacity).
+    run_results: RunResults,
     /// Decrypted packets waiting to be written to the TUN, in arrival order
     /// (an entry is taken when its write is planned).
     rx: Vec<Option<Packet>>,
@@ -250,6 +257,11 @@ impl Shard {
             batch_peer: None,
             gso: true,
             gro: Vec::with_capacity(MAX_SEGMENTS),
+            run: Vec::with_capacity(MAX_SEGMENTS),
+            run_results: (
+                Vec::with_capacity(MAX_SEGMENTS),
+                Vec::with_capacity(MAX_SEGMENTS),
+            ),
             rx: Vec::with_capacity(MAX_RX_BATCH),
             coalescer: s.tso.then(|| Coalescer::new(s.uso)),
             tick_out: Vec::new(),

@@ -12,7 +12,7 @@ use crate::engine::offload::{self, VNET_HDR_LEN};
 use crate::engine::owner::{owner_of_key, receiver_index};
 use crate::engine::pool::{Buf, Packet};
 use crate::proto::interface::{Drop, Received};
-use crate::proto::messages::{ControlMsg, HEADROOM};
+use crate::proto::messages::{transport_receiver, ControlMsg, HEADROOM};
 use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
 
@@ -51,30 +51,94 @@ impl Shard {
             self.pool.put(buf);
             return;
         }
-        let first = match segment {
-            Some(seg) if seg > 0 && seg < len => {
-                for at in (start + seg..start + len).step_by(seg) {
-                    let part = &buf[at..(at + seg).min(start + len)];
-                    let mut out = self.pool.get_for(part.len());
-                    out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
-                    if let Some(pkt) = PacketBuf::new(out, HEADROOM, part.len()) {
-                        self.gro.push(pkt);
+        let seg = match segment {
+            Some(seg) if seg > 0 && seg < len => seg,
+            _ => {
+                match PacketBuf::new(buf, start, len) {
+                    Some(pkt) if !pkt.is_empty() => self.on_datagram(from, pkt),
+                    Some(pkt) => self.pool.put(pkt.into_inner()),
+                    None => {}
+                }
+                return;
+            }
+        };
+        // A GRO burst: the datagrams after the first are copied out first
+        // (the first is taken where it lies, so its buffer must stay whole).
+        let mut burst = std::mem::take(&mut self.gro);
+        for at in (start + seg..start + len).step_by(seg) {
+            let part = &buf[at..(at + seg).min(start + len)];
+            let mut out = self.pool.get_for(part.len());
+            out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
+            if let Some(pkt) = PacketBuf::new(out, HEADROOM, part.len()) {
+                burst.push(pkt);
+            }
+        }
+        if let Some(first) = PacketBuf::new(buf, start, seg) {
+            burst.insert(0, first);
+        }
+        self.receive_burst(from, &mut burst);
+        self.gro = burst;
+    }
+
+    /// The datagrams of one GRO burst, in order: runs of transport messages
+    /// for one of this shard's sessions are opened together
+    /// ([`Interface::receive_transport_run`]: one index lookup, one session
+    /// search, timers updated once); anything else one datagram at a time.
+    ///
+    /// [`Interface::receive_transport_run`]: crate::proto::interface::Interface::receive_transport_run
+    fn receive_burst(&mut self, from: SocketAddr, burst: &mut Vec<Packet>) {
+        let mut run = std::mem::take(&mut self.run);
+        let mut run_index = None;
+        for pkt in burst.drain(..) {
+            let index = transport_receiver(pkt.data()).filter(|&i| i & self.mask == self.id);
+            if index != run_index {
+                if let Some(i) = run_index {
+                    self.open_run(from, i, &mut run);
+                }
+            }
+            run_index = index;
+            match index {
+                Some(_) => run.push(pkt),
+                None => self.on_datagram(from, pkt),
+            }
+        }
+        if let Some(i) = run_index {
+            self.open_run(from, i, &mut run);
+        }
+        self.run = run;
+    }
+
+    /// Opens a run of transport messages for receiver `index` (drained).
+    fn open_run(&mut self, from: SocketAddr, index: u32, run: &mut Vec<Packet>) {
+        if run.is_empty() {
+            return;
+        }
+        let (mut opened, mut results) = std::mem::take(&mut self.run_results);
+        results.clear();
+        let (peer, confirmed, handshake) =
+            self.iface
+                .receive_transport_run(index, from, run, self.now, &mut opened, &mut results);
+        for (pkt, r) in run.drain(..).zip(results.drain(..)) {
+            match (r, peer) {
+                (Ok(0), Some(peer)) => {
+                    self.pool.put(pkt.into_inner());
+                    self.event(Event::KeepaliveReceived { peer });
+                }
+                // Without a peer every result is an error.
+                (Ok(0), None) => self.pool.put(pkt.into_inner()),
+                (Ok(_), _) => {
+                    self.rx.push(Some(pkt));
+                    if self.rx.len() >= MAX_RX_BATCH {
+                        self.flush_rx();
                     }
                 }
-                seg
+                (Err(reason), _) => self.refuse(from, reason, pkt),
             }
-            _ => len,
-        };
-        match PacketBuf::new(buf, start, first) {
-            Some(pkt) if !pkt.is_empty() => self.on_datagram(from, pkt),
-            Some(pkt) => self.pool.put(pkt.into_inner()),
-            None => {}
         }
-        let mut rest = std::mem::take(&mut self.gro);
-        for pkt in rest.drain(..) {
-            self.on_datagram(from, pkt);
+        self.run_results = (opened, results);
+        if let Some(peer) = peer {
+            self.after_receive(peer, confirmed, handshake);
         }
-        self.gro = rest;
     }
 
     /// One datagram: handed to the owner of its session, or taken in.
