@@ -467,17 +467,7 @@ impl Interface {
         for (pkt, res) in pkts.iter_mut().zip(opened.drain(..)) {
             let r = match res {
                 Ok(0) => Ok(0),
-                Ok(_) => match inner_source(pkt.data()) {
-                    None => Err(Drop::NotIp),
-                    Some((source, _)) if self.allowed_source(source) != Some(id) => {
-                        Err(Drop::SourceNotAllowed)
-                    }
-                    Some((_, total)) => {
-                        // Drop the padding: the IP header says how long it is.
-                        pkt.truncate(total);
-                        Ok(total)
-                    }
-                },
+                Ok(_) => self.deliverable(id, pkt),
                 Err(e) => Err(Drop::Peer(e)),
             };
             results.push(r);
@@ -589,6 +579,23 @@ impl Interface {
         }
     }
 
+    /// Checks that decrypted `pkt` is an IP packet `id` may send (its
+    /// source in the peer's allowed IPs) and drops its padding (the IP
+    /// header says how long it is); returns that length.
+    #[inline]
+    fn deliverable<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        id: PeerId,
+        pkt: &mut PacketBuf<B>,
+    ) -> Result<usize, Drop> {
+        let (source, total) = inner_source(pkt.data()).ok_or(Drop::NotIp)?;
+        if self.allowed_source(source) != Some(id) {
+            return Err(Drop::SourceNotAllowed);
+        }
+        pkt.truncate(total);
+        Ok(total)
+    }
+
     #[inline]
     fn receive_transport<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
@@ -607,12 +614,7 @@ impl Interface {
                 handshake: d.handshake,
             });
         }
-        let (source, total) = inner_source(pkt.data()).ok_or(Drop::NotIp)?;
-        if self.allowed_source(source) != Some(id) {
-            return Err(Drop::SourceNotAllowed);
-        }
-        // Drop the padding: the IP header says how long the packet is.
-        pkt.truncate(total);
+        self.deliverable(id, pkt)?;
         Ok(Received::Data {
             peer: id,
             confirmed: d.confirmed,

@@ -523,8 +523,34 @@ impl Peer {
             return Err(PeerError::Expired);
         }
         let opened = session.open(pkt)?;
+        let (confirmed, handshake) =
+            self.authenticated(ctx, slot, src, wire_len, opened.len > 0, now);
+        Ok(Decrypted {
+            len: opened.len,
+            confirmed,
+            handshake,
+        })
+    }
+
+    /// What authenticated transport data from `src` (`bytes` on the wire,
+    /// `data` if not only keepalives) under the session in `slot` does:
+    /// the endpoint follows it (roaming), it counts, it confirms a `next`
+    /// session, it feeds the timers, and it may start the initiator's
+    /// rekey on receive (returned).
+    fn authenticated(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        slot: Slot,
+        src: SocketAddr,
+        bytes: u64,
+        data: bool,
+        now: Instant,
+    ) -> (bool, Option<ControlMsg>) {
         self.endpoint = Some(src);
-        self.rx_bytes += wire_len;
+        self.rx_bytes += bytes;
+        let Some(a) = self.active.as_mut() else {
+            return (false, None);
+        };
         let confirmed = slot == Slot::Next;
         if confirmed {
             let next = a.next.take();
@@ -536,14 +562,10 @@ impl Peer {
         a.timers.any_authenticated_received();
         a.timers
             .any_authenticated_traversal(now, self.persistent_keepalive);
-        if opened.len > 0 {
+        if data {
             a.timers.data_received(now);
         }
-        Ok(Decrypted {
-            len: opened.len,
-            confirmed,
-            handshake: self.keep_fresh_receiving(ctx, now),
-        })
+        (confirmed, self.keep_fresh_receiving(ctx, now))
     }
 
     /// Opens a run of transport messages addressed to our index
@@ -598,23 +620,7 @@ impl Peer {
         if !opened_any {
             return (false, None);
         }
-        self.endpoint = Some(src);
-        self.rx_bytes += bytes;
-        let confirmed = slot == Slot::Next;
-        if confirmed {
-            let next = a.next.take();
-            let old_current = std::mem::replace(&mut a.current, next);
-            retire(ctx.indexes, std::mem::replace(&mut a.previous, old_current));
-            a.timers.handshake_complete();
-            self.last_handshake = Some(ctx.clock.wall_at(now));
-        }
-        a.timers.any_authenticated_received();
-        a.timers
-            .any_authenticated_traversal(now, self.persistent_keepalive);
-        if data {
-            a.timers.data_received(now);
-        }
-        (confirmed, self.keep_fresh_receiving(ctx, now))
+        self.authenticated(ctx, slot, src, bytes, data, now)
     }
 
     /// Initiator rekeys on receive in the last minute before its session
