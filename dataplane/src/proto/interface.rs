@@ -654,8 +654,18 @@ mod tests {
         PacketBuf::new(v, HEADROOM, len).unwrap()
     }
 
-    /// Two interfaces with a completed handshake, a initiating.
-    fn pair(now: Instant) -> (Interface, PeerId, Interface, PeerId) {
+    /// The addresses of `a` and `b` in [`handshaken`].
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:2".parse().unwrap(),
+        )
+    }
+
+    /// Two interfaces after a handshake that `a` initiated and completed;
+    /// `b`'s session waits in `next` for `a`'s first message, which is the
+    /// keepalive returned.
+    fn handshaken(now: Instant) -> (Interface, PeerId, Interface, PeerId, ControlMsg) {
         let wall = SystemTime::now();
         let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
         let (pa, pb) = (ka.public_key(), kb.public_key());
@@ -665,10 +675,7 @@ mod tests {
         b.set_private_key(Some(kb));
         let ia = a.add_peer(pb).unwrap();
         let ib = b.add_peer(pa).unwrap();
-        let (sa, sb): (SocketAddr, SocketAddr) = (
-            "192.0.2.1:1".parse().unwrap(),
-            "192.0.2.2:2".parse().unwrap(),
-        );
+        let (sa, sb) = addrs();
         let init = a.initiate(ia, now).unwrap();
         let mut p = PacketBuf::new(init.as_bytes().to_vec(), 0, 148).unwrap();
         let Received::Reply { reply, .. } = b.receive(sa, &mut p, now) else {
@@ -678,9 +685,15 @@ mod tests {
         let Received::HandshakeComplete { keepalive, .. } = a.receive(sb, &mut p, now) else {
             panic!("no completion")
         };
+        (a, ia, b, ib, keepalive)
+    }
+
+    /// Two interfaces with a completed handshake, a initiating.
+    fn pair(now: Instant) -> (Interface, PeerId, Interface, PeerId) {
+        let (a, ia, mut b, ib, keepalive) = handshaken(now);
         let mut p = PacketBuf::new(keepalive.as_bytes().to_vec(), 0, 32).unwrap();
         assert!(matches!(
-            b.receive(sa, &mut p, now),
+            b.receive(addrs().0, &mut p, now),
             Received::Keepalive {
                 confirmed: true,
                 ..
@@ -701,32 +714,12 @@ mod tests {
     #[test]
     fn a_run_of_transport_messages_is_opened_together() {
         let now = Instant::now();
-        let wall = SystemTime::now();
-        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
-        let (mut a, mut b) = (Interface::new(now, wall), Interface::new(now, wall));
-        let ia = a.add_peer(kb.public_key()).unwrap();
-        let ib = b.add_peer(ka.public_key()).unwrap();
-        a.set_private_key(Some(ka));
-        b.set_private_key(Some(kb));
+        // b's session waits in `next` for a's first message.
+        let (mut a, ia, mut b, ib, ka_msg) = handshaken(now);
         b.allow(ib, IpAddr::V4([10, 0, 0, 1].into()), 32).unwrap();
-        let (sa, sb): (SocketAddr, SocketAddr) = (
-            "192.0.2.1:1".parse().unwrap(),
-            "192.0.2.2:2".parse().unwrap(),
-        );
-        // Handshake; b's session waits in `next` for a's first message.
-        let init = a.initiate(ia, now).unwrap();
-        let mut p = PacketBuf::new(init.as_bytes().to_vec(), 0, 148).unwrap();
-        let Received::Reply { reply, .. } = b.receive(sa, &mut p, now) else {
-            panic!("no response")
-        };
-        let mut p = PacketBuf::new(reply.as_bytes().to_vec(), 0, 92).unwrap();
-        assert!(matches!(
-            a.receive(sb, &mut p, now),
-            Received::HandshakeComplete { .. }
-        ));
-        // A burst: a keepalive, three packets (one from a source b does
+        let (sa, _) = addrs();
+        // A burst: the keepalive, three packets (one from a source b does
         // not allow), then one tampered with and one replayed.
-        let ka_msg = a.keepalive(ia, now)[0].clone().unwrap();
         let mut sealed = [
             ip_from([10, 0, 0, 1], 100),
             ip_from([10, 0, 0, 9], 60),

@@ -22,11 +22,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use corewire_dataplane::engine::config::{Change, PeerConfig};
+use corewire_dataplane::engine::mem::Recorder;
 use corewire_dataplane::engine::offload::VNET_HDR_LEN;
-use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
-use corewire_dataplane::engine::shard::{
-    Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT,
-};
+use corewire_dataplane::engine::pool::Pool;
+use corewire_dataplane::engine::shard::{Event, Shard, ShardSetup, TUN_READ_AT};
 use corewire_dataplane::proto::handshake::HandshakeError;
 use corewire_dataplane::proto::interface::{Drop, Interface};
 use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
@@ -284,53 +283,14 @@ pub struct Corewire {
     pub now: Instant,
 }
 
-/// What one execution of the shard's actions produced.
-#[derive(Default)]
-struct Kernel {
-    sends: Vec<Vec<u8>>,
-    writes: Vec<Vec<u8>>,
-    spent: Vec<Buf>,
-}
-
-impl UdpTx for Kernel {
-    fn send(&mut self, _dst: SocketAddr, _segment: usize, pkts: &mut Vec<Packet>) -> bool {
-        for p in pkts.drain(..) {
-            self.sends.push(p.data().to_vec());
-            self.spent.push(p.into_inner());
-        }
-        true
-    }
-}
-
-impl TunTx for Kernel {
-    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
-        let mut bytes = Vec::new();
-        for (b, s, l) in parts.drain(..) {
-            bytes.extend_from_slice(&b[s..s + l]);
-            self.spent.push(b);
-        }
-        // No TUN offload here: a virtio-net header, then one packet.
-        self.writes.push(bytes[VNET_HDR_LEN..].to_vec());
-        true
-    }
-}
-
-impl Handoffs for Kernel {
-    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
-        panic!("one worker hands nothing over: {packet:?}")
-    }
-}
-
 impl Corewire {
     /// Executes the shard's actions: (datagrams sent, packets written to
     /// the TUN, events).
     fn execute(&mut self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Event>) {
-        let mut k = Kernel::default();
-        self.shard.execute(&mut k);
-        for b in k.spent.drain(..) {
-            self.shard.pool().put(b);
-        }
-        (k.sends, k.writes, self.shard.events().collect())
+        let mut k = Recorder::default();
+        k.execute(&mut self.shard);
+        let sends = k.sends.into_iter().map(|(_, d)| d).collect();
+        (sends, k.delivered, self.shard.events().collect())
     }
 
     /// The engine's send path: the packets are read from the TUN, sealed

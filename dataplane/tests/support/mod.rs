@@ -17,11 +17,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use corewire_dataplane::engine::config::{Change, PeerConfig};
+use corewire_dataplane::engine::mem::Recorder;
 use corewire_dataplane::engine::offload::VNET_HDR_LEN;
-use corewire_dataplane::engine::pool::{Buf, Packet, Pool};
-use corewire_dataplane::engine::shard::{
-    Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT,
-};
+use corewire_dataplane::engine::pool::Pool;
+use corewire_dataplane::engine::shard::{Event, Shard, ShardSetup, TUN_READ_AT};
 use corewire_dataplane::proto::interface::Interface;
 use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
 use corewire_dataplane::proto::peer::PeerId;
@@ -53,43 +52,6 @@ impl Node {
     /// Packets waiting for the handshake.
     pub fn staged(&self) -> usize {
         self.shard.staged(self.peer).count()
-    }
-}
-
-/// What one execution of a shard's actions produced.
-#[derive(Default)]
-struct Kernel {
-    sends: Vec<(SocketAddr, Vec<u8>)>,
-    writes: Vec<Vec<u8>>,
-    spent: Vec<Buf>,
-}
-
-impl UdpTx for Kernel {
-    fn send(&mut self, dst: SocketAddr, _segment: usize, pkts: &mut Vec<Packet>) -> bool {
-        for p in pkts.drain(..) {
-            self.sends.push((dst, p.data().to_vec()));
-            self.spent.push(p.into_inner());
-        }
-        true
-    }
-}
-
-impl TunTx for Kernel {
-    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
-        let mut bytes = Vec::new();
-        for (b, s, l) in parts.drain(..) {
-            bytes.extend_from_slice(&b[s..s + l]);
-            self.spent.push(b);
-        }
-        // No TUN offload on these nodes: a virtio-net header, one packet.
-        self.writes.push(bytes[VNET_HDR_LEN..].to_vec());
-        true
-    }
-}
-
-impl Handoffs for Kernel {
-    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
-        Err(packet)
     }
 }
 
@@ -172,13 +134,10 @@ impl Net {
     /// Executes node `from`'s actions: sends go on the wire (unless lost),
     /// TUN writes are delivered, events are noted.
     fn execute(&mut self, from: usize) {
-        let mut k = Kernel::default();
+        let mut k = Recorder::default();
         let node = &mut self.nodes[from];
-        node.shard.execute(&mut k);
-        for b in k.spent.drain(..) {
-            node.shard.pool().put(b);
-        }
-        node.delivered.append(&mut k.writes);
+        k.execute(&mut node.shard);
+        node.delivered.append(&mut k.delivered);
         let events: Vec<Event> = node.shard.events().collect();
         for e in events {
             match e {

@@ -12,6 +12,11 @@
 //! handed over exactly as on the real engine. Buffers the shell took go
 //! back to the shard's pool after each execution, as completions would.
 
+mod kernel;
+mod sinks;
+
+pub use sinks::{Recorder, Sink};
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,10 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 use super::config::{ApplyError, Change, Device, DeviceStats};
 use super::counters::Counters;
 use super::limits::{DEPOT_LARGE, DEPOT_SMALL, POOL_CAP};
-use super::offload::{self, TunRead, VirtioNetHdr, VNET_HDR_LEN};
-use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
-use super::shard::{Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT};
+use super::offload::{VirtioNetHdr, VNET_HDR_LEN};
+use super::pool::{Buf, Depot, Pool, BUF_SIZE};
+use super::shard::{Event, Handoff, Shard, ShardSetup, TUN_READ_AT};
 use super::tun::Offload;
+use kernel::MemIo;
 
 /// Where a received datagram's payload starts in its buffer (after what
 /// the kernel writes first in a multishot receive: its header, the source
@@ -70,154 +76,6 @@ pub struct IoCounts {
     pub tun_writes: u64,
     /// Of those, coalesced super-packets.
     pub tun_super_writes: u64,
-}
-
-/// A shard's actions as the in-memory kernel takes them.
-struct MemIo<'a> {
-    from: SocketAddr,
-    wire: &'a mut VecDeque<Datagram>,
-    delivered: &'a mut VecDeque<Vec<u8>>,
-    inboxes: &'a mut [VecDeque<Handoff>],
-    /// Buffers the "kernel" is done with, for the pool.
-    spent: &'a mut Vec<Buf>,
-    counts: &'a mut IoCounts,
-    scratch: &'a mut Vec<u8>,
-}
-
-impl UdpTx for MemIo<'_> {
-    fn send(&mut self, dst: SocketAddr, segment: usize, pkts: &mut Vec<Packet>) -> bool {
-        let mut payload = Vec::with_capacity(pkts.iter().map(|p| p.len()).sum());
-        for p in pkts.iter() {
-            payload.extend_from_slice(p.data());
-        }
-        self.counts.udp_sends += 1;
-        self.counts.datagrams += pkts.len() as u64;
-        let several = pkts.len() > 1;
-        if several {
-            self.counts.udp_gso_sends += 1;
-        }
-        self.spent.extend(pkts.drain(..).map(Packet::into_inner));
-        self.wire.push_back(Datagram {
-            from: self.from,
-            to: dst,
-            payload,
-            segment: several.then_some(segment),
-        });
-        true
-    }
-}
-
-impl TunTx for MemIo<'_> {
-    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
-        let bytes = &mut *self.scratch;
-        bytes.clear();
-        for (b, s, l) in parts.iter() {
-            bytes.extend_from_slice(&b[*s..*s + *l]);
-        }
-        self.spent.extend(parts.drain(..).map(|(b, _, _)| b));
-        self.counts.tun_writes += 1;
-        // The kernel's side of the TUN: a super-packet is segmented.
-        match offload::parse_read(bytes, offload::MAX_PACKET_LEN) {
-            Ok(TunRead::Packet(p)) => self.delivered.push_back(p.to_vec()),
-            Ok(TunRead::Segments(segments)) => {
-                self.counts.tun_super_writes += 1;
-                for seg in segments {
-                    let mut out = vec![0u8; seg.len()];
-                    if seg.write(&mut out).is_ok() {
-                        self.delivered.push_back(out);
-                    }
-                }
-            }
-            // The kernel refuses a malformed write (EINVAL).
-            Err(_) => return true,
-        }
-        true
-    }
-}
-
-impl Handoffs for MemIo<'_> {
-    fn hand(&mut self, to: u32, packet: Handoff) -> Result<(), Handoff> {
-        match self.inboxes.get_mut(to as usize) {
-            Some(q) => {
-                q.push_back(packet);
-                Ok(())
-            }
-            None => Err(packet),
-        }
-    }
-}
-
-/// A kernel side that takes every action of one shard and gives the
-/// buffers straight back to its pool, counting what it took (and, when
-/// asked, keeping a copy of each send): for benchmarks and allocation
-/// checks of a shard alone. Handoffs are refused (one worker).
-#[derive(Debug, Default)]
-pub struct Sink {
-    /// UDP sends taken (one per datagram or GSO run).
-    pub sends: usize,
-    /// Datagrams in them.
-    pub datagrams: usize,
-    /// TUN writes taken.
-    pub writes: usize,
-    /// Parts (iovecs) of those writes.
-    pub parts: usize,
-    /// With `Some`, each send's bytes and GSO segment size (this allocates).
-    pub capture: Option<Vec<(Vec<u8>, Option<usize>)>>,
-    spent: Vec<Buf>,
-}
-
-impl Sink {
-    /// A sink that keeps a copy of every send.
-    pub fn capturing() -> Self {
-        Sink {
-            capture: Some(Vec::new()),
-            ..Sink::default()
-        }
-    }
-
-    /// Executes `shard`'s actions and returns their buffers to its pool,
-    /// as the completions of the sends and writes would.
-    pub fn execute(&mut self, shard: &mut Shard) {
-        shard.execute(self);
-        for b in self.spent.drain(..) {
-            shard.pool().put(b);
-        }
-    }
-}
-
-impl UdpTx for Sink {
-    fn send(&mut self, _dst: SocketAddr, segment: usize, pkts: &mut Vec<Packet>) -> bool {
-        self.sends += 1;
-        self.datagrams += pkts.len();
-        if let Some(c) = self.capture.as_mut() {
-            let bytes = pkts.iter().flat_map(|p| p.data().iter().copied()).collect();
-            c.push((bytes, (pkts.len() > 1).then_some(segment)));
-        }
-        for p in pkts.drain(..) {
-            // What the kernel reads of each part: its iovec.
-            std::hint::black_box((p.data().as_ptr(), p.len()));
-            self.spent.push(p.into_inner());
-        }
-        true
-    }
-}
-
-impl TunTx for Sink {
-    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
-        self.writes += 1;
-        self.parts += parts.len();
-        for (b, start, len) in parts.drain(..) {
-            std::hint::black_box((b[start..].as_ptr(), len));
-            self.spent.push(b);
-        }
-        true
-    }
-}
-
-impl Handoffs for Sink {
-    fn hand(&mut self, _to: u32, packet: Handoff) -> Result<(), Handoff> {
-        Err(packet)
-    }
 }
 
 /// A device in memory: one shard per worker, a TUN and a UDP address.
