@@ -558,7 +558,13 @@ fn serve_requests(
                         return Err(ConnectionEnd::Closed);
                     }
                 }
-                let stats = device.stats();
+                let stats = match device.stats() {
+                    Ok(stats) => stats,
+                    Err(e) => {
+                        reply_errno(conn, UapiError::Engine(e).errno())?;
+                        continue;
+                    }
+                };
                 let mut w = ConnWriter { conn };
                 if write_get(config, &stats, &mut w).is_err() {
                     return Err(conn.ended.take().unwrap_or(ConnectionEnd::Closed));

@@ -33,8 +33,8 @@ impl Device for FakeDevice {
         Ok(())
     }
 
-    fn stats(&mut self) -> DeviceStats {
-        self.stats.clone()
+    fn stats(&mut self) -> Result<DeviceStats, ApplyError> {
+        Ok(self.stats.clone())
     }
 }
 
@@ -81,7 +81,7 @@ impl Fixture {
     }
 
     fn get(&mut self) -> String {
-        render_get(&self.config, &self.device.stats())
+        render_get(&self.config, &self.device.stats().unwrap())
     }
 
     fn order(&self) -> Vec<PublicKey> {
@@ -980,8 +980,11 @@ mod wg_tools {
                 .map_err(|_| ApplyError::Io(libc::EIO))?
                 .apply(changes)
         }
-        fn stats(&mut self) -> DeviceStats {
-            self.0.lock().map(|mut d| d.stats()).unwrap_or_default()
+        fn stats(&mut self) -> Result<DeviceStats, ApplyError> {
+            self.0
+                .lock()
+                .map_err(|_| ApplyError::Io(libc::EIO))?
+                .stats()
         }
     }
 

@@ -62,7 +62,7 @@ impl Node {
     }
 
     fn get(&self, net: &mut MemNet) -> String {
-        render_get(&self.config, &net.devices[self.dev].stats())
+        render_get(&self.config, &net.devices[self.dev].stats().expect("stats"))
     }
 }
 
@@ -386,7 +386,7 @@ fn hundred_thousand_peers_of_which_a_thousand_are_active() {
         assert_eq!(got.len(), 1, "spoke {i}");
         assert_eq!(got[0][16..20], inner(i).octets());
     }
-    let stats = net.devices[hub.dev].stats();
+    let stats = net.devices[hub.dev].stats().expect("stats");
     assert_eq!(stats.peers.len(), PEERS);
     let handshaken = stats
         .peers

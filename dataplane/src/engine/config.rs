@@ -95,6 +95,6 @@ pub trait Device {
     /// Applies changes in order. If the first change that touches sockets
     /// (listen port, fwmark) fails, nothing has been applied.
     fn apply(&mut self, changes: Vec<Change>) -> Result<(), ApplyError>;
-    /// Current runtime state.
-    fn stats(&mut self) -> DeviceStats;
+    /// Current runtime state: complete, or an error (never partial).
+    fn stats(&mut self) -> Result<DeviceStats, ApplyError>;
 }

@@ -24,8 +24,9 @@ use super::udp::UdpGroup;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
 
 /// How long the control plane waits for every worker to report stats (a
-/// stats request changes nothing, so giving up on it is harmless).
-const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// stats request changes nothing, so giving up on it is harmless; the
+/// request then fails with ETIMEDOUT rather than answer partial data).
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -251,19 +252,22 @@ impl Device for Engine {
         Ok(())
     }
 
-    fn stats(&mut self) -> DeviceStats {
+    fn stats(&mut self) -> Result<DeviceStats, ApplyError> {
         let (tx, rx) = bounded(self.workers());
         self.broadcast(|| Msg::Stats(tx.clone()));
+        let deadline = Instant::now() + STATS_TIMEOUT;
         let mut peers = Vec::new();
         for _ in 0..self.workers() {
-            match rx.recv_timeout(STATS_TIMEOUT) {
+            // A worker that does not answer in time (or is gone) fails the
+            // request: partial stats would show peers as missing.
+            match rx.recv_deadline(deadline) {
                 Ok(p) => peers.extend(p),
-                Err(_) => break,
+                Err(_) => return Err(ApplyError::Io(libc::ETIMEDOUT)),
             }
         }
-        DeviceStats {
+        Ok(DeviceStats {
             listen_port: self.udp.port(),
             peers,
-        }
+        })
     }
 }

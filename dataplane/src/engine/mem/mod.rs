@@ -296,11 +296,11 @@ impl Device for MemDevice {
         Ok(())
     }
 
-    fn stats(&mut self) -> DeviceStats {
-        DeviceStats {
+    fn stats(&mut self) -> Result<DeviceStats, ApplyError> {
+        Ok(DeviceStats {
             listen_port: self.addr.port(),
             peers: self.shards.iter().flat_map(Shard::stats).collect(),
-        }
+        })
     }
 }
 
