@@ -92,10 +92,9 @@ impl<T, R: RngCore> IndexTable<T, R> {
     ///
     /// # Panics
     ///
-    /// Only if every one of the worker's 2^(32 - worker_bits) indexes (at
-    /// least 16,777,216) is live, a state no WireGuard configuration reaches
-    /// (the kernel caps peers at 2^20 with at most four indexes each). Use
-    /// [`try_allocate`](Self::try_allocate) to handle it.
+    /// If every one of the worker's indexes is live (tests only: the
+    /// packet path uses [`try_allocate`](Self::try_allocate)).
+    #[cfg(test)]
     pub fn allocate(&mut self, worker: u32, value: T) -> u32 {
         match self.try_allocate(worker, value) {
             Ok(index) => index,

@@ -97,6 +97,9 @@ pub enum PeerError {
     /// The interface has no private key.
     #[error("interface has no private key")]
     NoIdentity,
+    /// Every receiver index of this worker is in use.
+    #[error("no free receiver index")]
+    IndexesExhausted,
 }
 
 /// Which of the three session slots a message used.
@@ -307,7 +310,9 @@ impl Peer {
         if let Some(old) = a.handshake.take() {
             ctx.indexes.remove(old.local_index);
         }
-        let index = ctx.indexes.allocate(ctx.worker, self.id);
+        // A full index space (never reached by a real configuration) means
+        // no handshake now, not a panic.
+        let index = ctx.indexes.try_allocate(ctx.worker, self.id).ok()?;
         let mut msg = Initiation::new_zeroed();
         let stamp = Tai64N::from_system_time(ctx.clock.wall_at(now));
         match handshake::create_initiation(identity, &mut self.keys, index, stamp, &mut msg) {
@@ -432,7 +437,10 @@ impl Peer {
         self.last_initiation_consumed = Some(now);
         self.rx_bytes += INITIATION_LEN as u64;
 
-        let index = ctx.indexes.allocate(ctx.worker, self.id);
+        let index = ctx
+            .indexes
+            .try_allocate(ctx.worker, self.id)
+            .map_err(|_| PeerError::IndexesExhausted)?;
         let mut resp = Response::new_zeroed();
         let keys = match handshake::create_response(verified, &self.keys, index, &mut resp) {
             Ok(k) => k,
