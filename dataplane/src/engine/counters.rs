@@ -30,6 +30,10 @@ pub struct Counters {
     pub handoff_dropped: u64,
     /// Events lost because too many waited (a flood of drops).
     pub events_dropped: u64,
+    /// Datagrams sent again one by one because the kernel refused their
+    /// GSO send for its size (a path MTU below the tunnel's datagrams: the
+    /// kernel fragments single datagrams, not GSO segments).
+    pub gso_resent: u64,
 }
 
 impl Counters {
@@ -48,6 +52,7 @@ impl Counters {
         self.handed_udp += other.handed_udp;
         self.handoff_dropped += other.handoff_dropped;
         self.events_dropped += other.events_dropped;
+        self.gso_resent += other.gso_resent;
     }
 }
 

@@ -222,6 +222,34 @@ impl Ops {
         })
     }
 
+    /// What the operation in slot `user_data` is, if one is in flight.
+    pub fn kind(&self, user_data: u64) -> Option<OpKind> {
+        let slot = self.slots.get(usize::try_from(user_data).ok()?)?;
+        (slot.kind != OpKind::Free).then_some(slot.kind)
+    }
+
+    /// Takes back the packets of the GSO send in slot `user_data` (which
+    /// the kernel refused), in order, into `out`, and returns their
+    /// destination, so they can be sent again one datagram each. The slot
+    /// then completes as usual, with no buffers left to recycle.
+    pub fn take_gso_packets(
+        &mut self,
+        user_data: u64,
+        out: &mut Vec<Packet>,
+    ) -> Option<SocketAddr> {
+        let slot = self.slots.get_mut(usize::try_from(user_data).ok()?)?;
+        if slot.kind != OpKind::UdpSendGso {
+            return None;
+        }
+        let dst = slot.meta.addr.to_socket_addr()?;
+        for (buf, iov) in slot.bufs.drain(..).zip(slot.meta.iovs.iter()) {
+            // Each iovec points into its buffer: the packet's bounds.
+            let start = (iov.iov_base as usize).wrapping_sub(buf.as_ptr() as usize);
+            out.extend(Packet::new(buf, start, iov.iov_len));
+        }
+        Some(dst)
+    }
+
     /// Claims a slot for an operation of `kind` on `buf`, lets `build` make
     /// its submission entry from the slot's memory and the buffer, and
     /// queues it. The buffer comes back with the error when no slot is free.

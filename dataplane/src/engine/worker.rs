@@ -207,6 +207,8 @@ pub struct Worker {
     to_wake: Vec<bool>,
     mtu: Arc<AtomicU32>,
     completions: Vec<(u64, i32, u32)>,
+    /// The datagrams of a refused GSO send, to send again one by one.
+    resend: Vec<Packet>,
     /// Packets queued since the last submission (see [`SUBMIT_EVERY`]).
     queued: usize,
     now: Instant,
@@ -256,6 +258,7 @@ impl Worker {
             mailboxes: s.mailboxes,
             mtu: s.mtu,
             completions: Vec::with_capacity(4096),
+            resend: Vec::with_capacity(MAX_SEGMENTS),
             queued: 0,
             now: Instant::now(),
             stopping: false,
@@ -370,6 +373,16 @@ impl Worker {
     }
 
     fn on_completion(&mut self, user_data: u64, result: i32, flags: u32) {
+        // A GSO send refused for its size (EINVAL: segments longer than
+        // the route's MTU; EMSGSIZE): its datagrams go again one by one,
+        // which the kernel fragments. GSO stays on for other sends.
+        let resend = (result == -libc::EINVAL || result == -libc::EMSGSIZE)
+            && self.ops.kind(user_data) == Some(OpKind::UdpSendGso);
+        let resend_to = if resend {
+            self.ops.take_gso_packets(user_data, &mut self.resend)
+        } else {
+            None
+        };
         let pool = self.shard.pool();
         let Some(done) = self.ops.complete(user_data, flags, |b| pool.put(b)) else {
             return;
@@ -443,6 +456,11 @@ impl Worker {
                     tracing::warn!("TUN refused a coalesced write; writing packets one by one");
                 }
             }
+            OpKind::UdpSendGso if resend_to.is_some() => {
+                if let Some(dst) = resend_to {
+                    self.resend_one_by_one(dst);
+                }
+            }
             OpKind::UdpSendGso => {
                 // EIO: the kernel or the egress device cannot segment. Those
                 // packets are lost (TCP resends them); later batches go out
@@ -466,6 +484,36 @@ impl Worker {
             }
             OpKind::Free => {}
         }
+    }
+
+    /// Sends the datagrams of a refused GSO send again, one per send.
+    fn resend_one_by_one(&mut self, dst: SocketAddr) {
+        let n = self.resend.len() as u64;
+        let first = self.shard.counters().gso_resent == 0;
+        self.shard.counters_mut().gso_resent += n;
+        if first {
+            tracing::info!(%dst, "a GSO send was too large for the path; sending its datagrams one by one");
+        }
+        let mut io = Kernel {
+            ring: &mut self.ring,
+            ops: &mut self.ops,
+            tun: self.tun,
+            udp: self.udp,
+            mailboxes: &self.mailboxes,
+            to_wake: &mut self.to_wake,
+        };
+        let mut one = Vec::with_capacity(1);
+        for pkt in self.resend.drain(..) {
+            let len = pkt.len();
+            one.push(pkt);
+            if !io.send(dst, len, &mut one) {
+                for p in one.drain(..) {
+                    self.shard.counters_mut().backpressure += 1;
+                    self.shard.pool().put(p.into_inner());
+                }
+            }
+        }
+        self.queued += n as usize;
     }
 
     /// A multishot receive filled `buf` with `n` bytes: the kernel's
