@@ -30,6 +30,16 @@ pub struct Counters {
     pub handoff_dropped: u64,
     /// Events lost because too many waited (a flood of drops).
     pub events_dropped: u64,
+    /// Handshake messages dropped because the handshake queue was full.
+    pub handshake_queue_full: u64,
+    /// Handshake messages taken in from the queue.
+    pub handshakes_taken: u64,
+    /// Of those, the ones that cost X25519 work (not answered with a
+    /// cookie reply or refused before it).
+    pub handshake_dh: u64,
+    /// Times the worker put its interface under load (queue past an eighth,
+    /// or a turn's budget spent with messages left).
+    pub under_load_signals: u64,
     /// Datagrams sent again one by one because the kernel refused their
     /// GSO send for its size (a path MTU below the tunnel's datagrams: the
     /// kernel fragments single datagrams, not GSO segments).
@@ -53,6 +63,10 @@ impl Counters {
         self.handoff_dropped += other.handoff_dropped;
         self.events_dropped += other.events_dropped;
         self.gso_resent += other.gso_resent;
+        self.handshake_queue_full += other.handshake_queue_full;
+        self.handshakes_taken += other.handshakes_taken;
+        self.handshake_dh += other.handshake_dh;
+        self.under_load_signals += other.under_load_signals;
     }
 }
 

@@ -280,9 +280,10 @@ impl Worker {
             // Buffers lent back to the kernel during the last turn.
             self.udp_bufs.publish();
             self.tun_bufs.publish();
-            // With configuration left to apply, only look for completions
-            // (do not sleep), then apply the next chunk.
-            let wait = usize::from(self.applying.is_empty());
+            // With configuration left to apply or handshake messages left
+            // beyond the last turn's budget, only look for completions (do
+            // not sleep), then go on with them.
+            let wait = usize::from(self.applying.is_empty() && !self.shard.has_pending());
             self.queued = 0;
             match self.ring.submit_and_wait(wait) {
                 Ok(_) => {}

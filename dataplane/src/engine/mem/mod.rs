@@ -251,6 +251,12 @@ impl MemDevice {
         }
     }
 
+    /// Whether a shard has work left for its next turn (handshake messages
+    /// beyond a turn's budget).
+    pub fn busy(&self) -> bool {
+        self.shards.iter().any(Shard::has_pending)
+    }
+
     /// Executes shard `w`'s actions, then returns the buffers the
     /// "kernel" is done with to its pool.
     fn execute(&mut self, w: usize) {
@@ -362,7 +368,7 @@ impl MemNet {
                     }
                 }
             }
-            if !moved {
+            if !moved && !self.devices.iter().any(MemDevice::busy) {
                 return;
             }
         }

@@ -29,6 +29,7 @@
 //! routing table.
 
 mod config;
+mod handshake;
 mod receive;
 mod transmit;
 
@@ -201,6 +202,8 @@ pub struct Shard {
     /// worker read for a peer it does not hold. Its own peers' prefixes are
     /// in its interface, not here, so no prefix is stored twice per shard.
     routes: AllowedIps<PublicKey>,
+    /// Handshake messages waiting to be taken in (see `handshake.rs`).
+    handshakes: VecDeque<(SocketAddr, Packet)>,
     /// Packets waiting for their peer's handshake.
     staged: HashMap<PeerId, VecDeque<Packet>>,
     /// Packets read for one peer, sealed together when the peer changes,
@@ -252,6 +255,7 @@ impl Shard {
             pool: s.pool,
             iface: Interface::new_shard(now, wall, s.id, bits),
             routes: AllowedIps::new(),
+            handshakes: VecDeque::new(),
             staged: HashMap::new(),
             batch: Vec::with_capacity(MAX_BATCH),
             batch_peer: None,
@@ -321,6 +325,7 @@ impl Shard {
     /// writes of what was decrypted.
     pub fn flush(&mut self, now: Instant) {
         self.now = now;
+        self.take_handshakes();
         self.flush_batch();
         self.flush_rx();
     }
@@ -367,6 +372,12 @@ impl Shard {
             }
         }
         queued
+    }
+
+    /// Whether work is left for the next turn (handshake messages beyond
+    /// this turn's budget): the shell should not sleep.
+    pub fn has_pending(&self) -> bool {
+        !self.handshakes.is_empty()
     }
 
     /// Whether actions are waiting for [`execute`](Self::execute).

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::handshake::is_handshake;
 use super::{Event, Handoff, Shard};
 use crate::engine::counters::DropReason;
 use crate::engine::limits::MAX_RX_BATCH;
@@ -141,8 +142,9 @@ impl Shard {
         }
     }
 
-    /// One datagram: handed to the owner of its session, or taken in.
-    pub(super) fn on_datagram(&mut self, from: SocketAddr, mut pkt: Packet) {
+    /// One datagram: handed to the owner of its session, queued if it is a
+    /// handshake message (see `handshake.rs`), or taken in.
+    pub(super) fn on_datagram(&mut self, from: SocketAddr, pkt: Packet) {
         if self.workers > 1 {
             if let Some(index) = receiver_index(pkt.data()) {
                 let owner = index & self.mask;
@@ -152,7 +154,31 @@ impl Shard {
                 }
             }
         }
+        if is_handshake(pkt.data()) {
+            self.queue_handshake(from, pkt);
+        } else {
+            self.take_in(from, pkt);
+        }
+    }
+
+    /// Hands one datagram to the protocol core and acts on the result.
+    /// Returns whether that cost X25519 work (a handshake message that got
+    /// past mac1, load and rate checks).
+    pub(super) fn take_in(&mut self, from: SocketAddr, mut pkt: Packet) -> bool {
         let res = self.iface.receive(from, &mut pkt, self.now);
+        let costly = match &res {
+            Received::Reply { peer, .. } => peer.is_some(),
+            Received::HandshakeComplete { .. } | Received::Foreign { .. } => true,
+            Received::Dropped(d) => !matches!(
+                d,
+                Drop::Malformed(_)
+                    | Drop::BadMac
+                    | Drop::RateLimited
+                    | Drop::NoIdentity
+                    | Drop::UnknownIndex
+            ),
+            _ => false,
+        };
         match res {
             Received::Data {
                 peer,
@@ -204,6 +230,7 @@ impl Shard {
             }
             Received::Dropped(reason) => self.refuse(from, reason, pkt),
         }
+        costly
     }
 
     fn after_receive(&mut self, peer: PeerId, confirmed: bool, handshake: Option<ControlMsg>) {
