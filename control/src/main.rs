@@ -1,16 +1,12 @@
-//! The `corewire` binary: the daemon (`corewire [-f] IFNAME`) and the key tools.
+//! The `corewire` binary: the daemon (`corewire [-f] IFNAME`) and the key
+//! tools, over the `corewire` library.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-mod cli;
-mod config;
-mod daemon;
-mod keys_cmd;
-mod uapi;
-
-use cli::{Cli, Command};
+use corewire::cli::{self, Cli, Command};
+use corewire::{daemon, keys_cmd};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
