@@ -300,6 +300,20 @@ impl DeviceConfig {
         }
     }
 
+    /// Where a walk over the peers in their stable order starts (see
+    /// [`DeviceConfig::peer_at`]).
+    pub fn first_peer(&self) -> PeerCursor {
+        PeerCursor(self.head)
+    }
+
+    /// The peer at `cursor` and the cursor of the one after it; `None` at
+    /// the end. A cursor stays valid only while the configuration does not
+    /// change (same [`DeviceConfig::generation`]).
+    pub fn peer_at(&self, cursor: PeerCursor) -> Option<(&PeerEntry, PeerCursor)> {
+        let slot = self.slots.get(cursor.0 as usize)?;
+        Some((slot.peer.as_ref()?, PeerCursor(slot.next)))
+    }
+
     /// The public key of the peer that owns this exact prefix (host bits
     /// cleared), if any.
     #[cfg(test)]
@@ -513,6 +527,11 @@ impl DeviceConfig {
         }
     }
 }
+
+/// A position in the peers' stable order, for a walk that is resumed later
+/// (a `get` reply written as the client reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCursor(u32);
 
 /// Iterator over the peers in their stable order.
 #[derive(Debug)]

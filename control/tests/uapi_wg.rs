@@ -948,9 +948,8 @@ fn several_requests_on_one_connection() {
         conn.request(&format!("set=1\n{base}\n\n")).unwrap(),
         "errno=0\n\n"
     );
-    // One connection at a time: corewire serves connections in turn (a
-    // second client would wait until this one has been idle for 1 s, and
-    // this one would then be closed), so no other client until the end.
+    // Everything below goes through this one connection (requests on one
+    // connection are answered in order).
     let before = conn.request("get=1\n\n").unwrap();
     assert!(
         before.contains(&p1) && before.ends_with("errno=0\n\n"),

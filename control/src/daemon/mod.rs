@@ -3,9 +3,9 @@
 //! Startup order matters. We fork first (while single-threaded), block the
 //! termination signals (so worker threads inherit the mask), create the TUN
 //! device, start the engine, bind the UAPI socket, and only then report
-//! readiness to the waiting parent. The control thread then polls three
-//! descriptors: the UAPI listener, a netlink socket watching our link, and
-//! a signalfd. It leaves, removing its socket, when a signal arrives, when
+//! readiness to the waiting parent. The control thread then polls a
+//! signalfd, a netlink socket watching our link, the UAPI listener and
+//! every UAPI connection together (none of them can hold it up). It leaves, removing its socket, when a signal arrives, when
 //! the link is deleted (`wg-quick down` does `ip link del`), or when its
 //! socket file is deleted or replaced.
 
@@ -14,8 +14,7 @@ mod signals;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use corewire_dataplane::engine::device::{Engine, EngineOptions};
@@ -24,7 +23,7 @@ use corewire_dataplane::engine::tun::Tun;
 
 use crate::cli::DaemonArgs;
 use crate::config::DeviceConfig;
-use crate::uapi::server::{UapiServer, SOCKET_DIR};
+use crate::uapi::server::{poll, UapiServer, SOCKET_DIR};
 use detach::Readiness;
 use signals::Signals;
 
@@ -130,18 +129,6 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
-fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> usize {
-    // SAFETY: fds is a valid slice of pollfd for the kernel to fill.
-    let n = unsafe {
-        libc::poll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            timeout.as_millis() as libc::c_int,
-        )
-    };
-    usize::try_from(n).unwrap_or(0)
-}
-
 fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -158,19 +145,24 @@ fn control_loop(
     monitor: &mut LinkMonitor,
     signals: &Signals,
 ) -> String {
+    let mut fds = Vec::new();
     loop {
-        let mut fds = [
-            pollfd(uapi.as_raw_fd()),
-            pollfd(monitor.as_raw_fd()),
-            pollfd(signals.fd()),
-        ];
-        poll_fds(&mut fds, SOCKET_CHECK);
-        if fds[2].revents != 0 {
+        fds.clear();
+        fds.push(pollfd(monitor.as_raw_fd()));
+        fds.push(pollfd(signals.fd()));
+        uapi.pollfds(&mut fds);
+        let timeout = uapi
+            .next_timeout(Instant::now())
+            .map_or(SOCKET_CHECK, |t| t.min(SOCKET_CHECK));
+        if let Err(e) = poll(&mut fds, timeout) {
+            return format!("poll failed: {e}");
+        }
+        if fds[1].revents != 0 {
             if let Some(sig) = signals.take() {
                 return format!("signal {sig}");
             }
         }
-        if fds[1].revents != 0 {
+        if fds[0].revents != 0 {
             match monitor.poll_events() {
                 Ok(events) => {
                     for ev in events {
@@ -187,13 +179,12 @@ fn control_loop(
                 Err(e) => tracing::warn!("netlink: {e}"),
             }
         }
-        if fds[0].revents != 0 {
-            // Signals are handled here, not through the server's stop flag.
-            let never = AtomicBool::new(false);
-            if let Err(e) = uapi.serve_pending(engine, config, &never, Duration::ZERO) {
-                return format!("the UAPI socket failed: {e}");
-            }
-            release_freed_memory();
+        // Every UAPI connection is served as far as it goes without
+        // waiting, so signals and link events are seen within one turn.
+        match uapi.service(fds[2].revents != 0, engine, config) {
+            Ok(true) => release_freed_memory(),
+            Ok(false) => {}
+            Err(e) => return format!("the UAPI socket failed: {e}"),
         }
         if !uapi.socket_file_intact() {
             return "the UAPI socket file was removed".into();

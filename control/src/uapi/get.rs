@@ -22,86 +22,183 @@
 //! <empty line>
 //! ```
 //!
-//! Output goes through one reused 64 KiB buffer flushed to the writer, so a
-//! million peers (~400 MB of text) never sit in memory at once, and nothing
-//! is allocated per peer (numbers and keys are formatted by hand).
+//! [`GetReply`] renders the reply in parts of about 64 KiB, each appended
+//! to the connection's output buffer once the previous part was sent, so a
+//! million peers (~400 MB of text) never sit in memory at once, a slow
+//! reader holds at most one part, and nothing is allocated per peer
+//! (numbers and keys are formatted by hand). The configuration must not
+//! change while a reply is in progress (the server holds `set`s back).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use corewire_dataplane::engine::config::{DeviceStats, PeerStats};
 use corewire_dataplane::proto::keys::PublicKey;
 use zeroize::Zeroizing;
 
-use crate::config::DeviceConfig;
+use crate::config::{DeviceConfig, PeerCursor};
 
-const FLUSH_AT: usize = 60 * 1024;
+/// A part is complete once the output holds this many bytes.
+pub const PART_BYTES: usize = 60 * 1024;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes the complete `get` reply (ending with `errno=0` and an empty line).
+/// A `get` reply being written: the engine's stats taken when the request
+/// arrived, and how far the reply got.
+#[derive(Debug)]
+pub struct GetReply {
+    stats: Arc<DeviceStats>,
+    /// Public key -> index in `stats.peers`, built only if the engine does
+    /// not list the peers in the configuration's order.
+    map: Option<HashMap<PublicKey, usize>>,
+    at: Progress,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Progress {
+    Header,
+    Peers {
+        cursor: PeerCursor,
+        /// The peer's position in the walk (to find its stats cheaply).
+        index: usize,
+        /// `None`: the peer's lines before `allowed_ip` are not written yet;
+        /// `Some(k)`: its allowed IPs from the k-th on are still to come.
+        ip: Option<usize>,
+    },
+    Done,
+}
+
+impl GetReply {
+    /// A reply over these stats (shared by the `get`s answered together).
+    pub fn new(stats: Arc<DeviceStats>) -> Self {
+        Self {
+            stats,
+            map: None,
+            at: Progress::Header,
+        }
+    }
+
+    /// Appends the next part of the reply to `out` (until `out` holds
+    /// [`PART_BYTES`] or the reply ends); true once the reply is complete,
+    /// ending with `errno=0` and an empty line.
+    pub fn render(&mut self, config: &DeviceConfig, out: &mut Vec<u8>) -> bool {
+        loop {
+            match self.at {
+                Progress::Done => return true,
+                Progress::Header => {
+                    self.header(config, out);
+                    self.at = Progress::Peers {
+                        cursor: config.first_peer(),
+                        index: 0,
+                        ip: None,
+                    };
+                }
+                Progress::Peers { cursor, index, ip } => {
+                    if out.len() >= PART_BYTES {
+                        return false;
+                    }
+                    let Some((peer, next)) = config.peer_at(cursor) else {
+                        out.extend_from_slice(b"errno=0\n\n");
+                        self.at = Progress::Done;
+                        return true;
+                    };
+                    let mut k = match ip {
+                        Some(k) => k,
+                        None => {
+                            let st = stats_of(&self.stats, &mut self.map, index, &peer.public_key);
+                            peer_lines(out, peer, st);
+                            0
+                        }
+                    };
+                    while k < peer.allowed_ips.len() && out.len() < PART_BYTES {
+                        let (addr, len) = peer.allowed_ips[k];
+                        out.extend_from_slice(b"allowed_ip=");
+                        write_ip(out, &addr);
+                        out.push(b'/');
+                        push_num(out, u64::from(len));
+                        out.push(b'\n');
+                        k += 1;
+                    }
+                    self.at = if k < peer.allowed_ips.len() {
+                        Progress::Peers {
+                            cursor,
+                            index,
+                            ip: Some(k),
+                        }
+                    } else {
+                        Progress::Peers {
+                            cursor: next,
+                            index: index + 1,
+                            ip: None,
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn header(&self, config: &DeviceConfig, b: &mut Vec<u8>) {
+        if let Some(k) = config.private_key() {
+            hex_line(b, b"private_key=", k.as_bytes());
+        }
+        let port = if self.stats.listen_port != 0 {
+            self.stats.listen_port
+        } else {
+            config.listen_port()
+        };
+        if port != 0 {
+            num_line(b, b"listen_port=", u64::from(port));
+        }
+        if config.fwmark() != 0 {
+            num_line(b, b"fwmark=", u64::from(config.fwmark()));
+        }
+    }
+}
+
+/// A peer's lines up to (not including) its `allowed_ip`s.
+fn peer_lines(b: &mut Vec<u8>, peer: &crate::config::PeerEntry, st: Option<&PeerStats>) {
+    hex_line(b, b"public_key=", peer.public_key.as_bytes());
+    hex_line(b, b"preshared_key=", peer.preshared_key.as_bytes());
+    b.extend_from_slice(b"protocol_version=1\n");
+    if let Some(ep) = st.and_then(|s| s.endpoint).or(peer.endpoint) {
+        b.extend_from_slice(b"endpoint=");
+        write_endpoint(b, &ep);
+        b.push(b'\n');
+    }
+    let (sec, nsec) = st
+        .and_then(|s| s.last_handshake)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+    num_line(b, b"last_handshake_time_sec=", sec);
+    num_line(b, b"last_handshake_time_nsec=", u64::from(nsec));
+    num_line(b, b"tx_bytes=", st.map_or(0, |s| s.tx_bytes));
+    num_line(b, b"rx_bytes=", st.map_or(0, |s| s.rx_bytes));
+    num_line(
+        b,
+        b"persistent_keepalive_interval=",
+        u64::from(peer.persistent_keepalive),
+    );
+}
+
+/// Writes the complete `get` reply to `out`.
 pub fn write_get<W: Write + ?Sized>(
     config: &DeviceConfig,
     stats: &DeviceStats,
     out: &mut W,
 ) -> io::Result<()> {
     // Holds the private and preshared keys in hex: wiped when dropped.
-    let mut b = Zeroizing::new(Vec::with_capacity(64 * 1024));
-    if let Some(k) = config.private_key() {
-        hex_line(&mut b, b"private_key=", k.as_bytes());
-    }
-    let port = if stats.listen_port != 0 {
-        stats.listen_port
-    } else {
-        config.listen_port()
-    };
-    if port != 0 {
-        num_line(&mut b, b"listen_port=", u64::from(port));
-    }
-    if config.fwmark() != 0 {
-        num_line(&mut b, b"fwmark=", u64::from(config.fwmark()));
-    }
-
-    let mut lookup = StatsLookup::new(&stats.peers);
-    for (i, peer) in config.peers().enumerate() {
-        let st = lookup.get(i, &peer.public_key);
-        hex_line(&mut b, b"public_key=", peer.public_key.as_bytes());
-        hex_line(&mut b, b"preshared_key=", peer.preshared_key.as_bytes());
-        b.extend_from_slice(b"protocol_version=1\n");
-        if let Some(ep) = st.and_then(|s| s.endpoint).or(peer.endpoint) {
-            b.extend_from_slice(b"endpoint=");
-            write_endpoint(&mut b, &ep);
-            b.push(b'\n');
-        }
-        let (sec, nsec) = st
-            .and_then(|s| s.last_handshake)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
-        num_line(&mut b, b"last_handshake_time_sec=", sec);
-        num_line(&mut b, b"last_handshake_time_nsec=", u64::from(nsec));
-        num_line(&mut b, b"tx_bytes=", st.map_or(0, |s| s.tx_bytes));
-        num_line(&mut b, b"rx_bytes=", st.map_or(0, |s| s.rx_bytes));
-        num_line(
-            &mut b,
-            b"persistent_keepalive_interval=",
-            u64::from(peer.persistent_keepalive),
-        );
-        for &(addr, len) in &peer.allowed_ips {
-            b.extend_from_slice(b"allowed_ip=");
-            write_ip(&mut b, &addr);
-            b.push(b'/');
-            push_num(&mut b, u64::from(len));
-            b.push(b'\n');
-        }
-        if b.len() >= FLUSH_AT {
-            out.write_all(&b)?;
-            b.clear();
+    let mut b = Zeroizing::new(Vec::with_capacity(PART_BYTES + 4096));
+    let mut reply = GetReply::new(Arc::new(stats.clone()));
+    loop {
+        let done = reply.render(config, &mut b);
+        out.write_all(&b)?;
+        b.clear();
+        if done {
+            return out.flush();
         }
     }
-    b.extend_from_slice(b"errno=0\n\n");
-    out.write_all(&b)?;
-    out.flush()
 }
 
 /// The `get` reply as a string (tests, small devices).
@@ -115,28 +212,28 @@ pub fn render_get(config: &DeviceConfig, stats: &DeviceStats) -> String {
 
 /// Finds a peer's stats. The engine may list peers in any order; when it
 /// lists them in the configuration's order (the cheap case) no map is built.
-struct StatsLookup<'a> {
-    peers: &'a [PeerStats],
-    map: Option<HashMap<PublicKey, &'a PeerStats>>,
-}
-
-impl<'a> StatsLookup<'a> {
-    fn new(peers: &'a [PeerStats]) -> Self {
-        Self { peers, map: None }
-    }
-
-    fn get(&mut self, position: usize, key: &PublicKey) -> Option<&'a PeerStats> {
-        if let Some(s) = self.peers.get(position) {
-            if s.public_key == *key {
-                return Some(s);
-            }
+fn stats_of<'s>(
+    stats: &'s DeviceStats,
+    map: &mut Option<HashMap<PublicKey, usize>>,
+    position: usize,
+    key: &PublicKey,
+) -> Option<&'s PeerStats> {
+    if let Some(s) = stats.peers.get(position) {
+        if s.public_key == *key {
+            return Some(s);
         }
-        let peers = self.peers;
-        self.map
-            .get_or_insert_with(|| peers.iter().map(|s| (s.public_key, s)).collect())
-            .get(key)
-            .copied()
     }
+    let i = *map
+        .get_or_insert_with(|| {
+            stats
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.public_key, i))
+                .collect()
+        })
+        .get(key)?;
+    stats.peers.get(i)
 }
 
 fn hex_line(b: &mut Vec<u8>, prefix: &[u8], key: &[u8; 32]) {

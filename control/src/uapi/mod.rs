@@ -6,14 +6,19 @@
 //!   [`DeviceConfig`](crate::config::DeviceConfig): minimal engine
 //!   [`Change`](corewire_dataplane::engine::config::Change)s, committed only
 //!   when the engine accepts them.
-//! - [`get`]: the `get=1` reply.
-//! - [`server`]: the unix socket and its connection loop.
+//! - [`get`]: the `get=1` reply, written a part at a time.
+//! - [`server`]: the unix socket; [`clients`]: its connections, served
+//!   together; [`conn`]: one connection's state machine; [`limits`]: every
+//!   bound.
 //!
 //! Every failure answers a negative errno ([`UapiError::errno`]).
 
 pub mod apply;
+pub mod clients;
+pub mod conn;
 pub mod error;
 pub mod get;
+pub mod limits;
 pub mod request;
 pub mod server;
 

@@ -1,11 +1,14 @@
 //! The UAPI unix socket: `/var/run/wireguard/<ifname>.sock`.
 //!
-//! [`UapiServer::bind`] creates the socket; [`UapiServer::run`] serves it on
-//! the calling (control) thread until a stop flag is raised or the socket
-//! file is deleted (`wg-quick down` and `rm` both mean "exit"), checking both
-//! every 100 ms. Connections are served one at a time, each until EOF, with
-//! any number of `get=1` / `set=1` requests on it; sets are streamed line by
-//! line into a [`Transaction`], never buffered whole.
+//! [`UapiServer::bind`] creates the socket. The daemon's control loop polls
+//! the listener and every connection ([`UapiServer::pollfds`]) together
+//! with its signals and link events, and calls [`UapiServer::service`]:
+//! connections are accepted and served concurrently by
+//! [`Clients`](super::clients::Clients), none of them ever blocks the
+//! thread, and each has a deadline (see [`super::limits`]). Any number of
+//! `get=1` / `set=1` requests may share a connection; sets are streamed
+//! line by line into a [`Transaction`](super::apply::Transaction), never
+//! buffered whole.
 //!
 //! # Socket creation (race-free, without touching the process umask)
 //!
@@ -34,44 +37,29 @@
 //!   half-closed.
 //!
 //! # Limits
-//! Lines longer than [`MAX_LINE`] fail the request with -EINVAL (the rest of
+//! Lines longer than [`MAX_LINE`](super::limits::MAX_LINE) fail the request with -EINVAL (the rest of
 //! the line is skipped, not stored); a request larger than
-//! [`MAX_REQUEST_BYTES`] fails with -EMSGSIZE and closes the connection.
-//! A connection that has been silent for a second while another client is
-//! waiting to connect is closed (a stalled client cannot lock the others
-//! out; a half-sent `set` is then discarded); a reply nobody reads for
-//! [`WRITE_STALL`] is abandoned.
+//! [`MAX_REQUEST_BYTES`](super::limits::MAX_REQUEST_BYTES) fails with -EMSGSIZE and closes the connection.
+//! The connection count, deadlines and buffers are bounded as
+//! [`super::limits`] says.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use corewire_dataplane::engine::config::Device;
-use zeroize::{Zeroize, Zeroizing};
 
-use super::apply::{execute, Transaction};
-use super::error::UapiError;
-use super::get::write_get;
+use super::clients::Clients;
 use crate::config::DeviceConfig;
 
 /// Where `wg` looks for userspace interfaces.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
-/// Longest accepted line, without its `\n`.
-pub const MAX_LINE: usize = 4096;
-/// Largest accepted `set` request (a million peers take about 250 MB).
-pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
-/// How often stop flags and socket files are checked.
-pub const TICK: Duration = Duration::from_millis(100);
-/// A connection silent this long gives way to a waiting client.
-pub const YIELD_AFTER: Duration = Duration::from_secs(1);
-/// A reply nobody reads for this long is abandoned.
-pub const WRITE_STALL: Duration = Duration::from_secs(10);
-
-const READ_BUF: usize = 64 * 1024;
+/// Most connections accepted per turn of the control loop.
+const ACCEPT_BURST: usize = 64;
 
 /// Why [`UapiServer::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +76,7 @@ pub enum Shutdown {
 #[derive(Debug)]
 pub struct UapiServer {
     listener: UnixListener,
+    clients: Clients,
     path: PathBuf,
     dev: u64,
     ino: u64,
@@ -152,6 +141,7 @@ impl UapiServer {
         let meta = std::fs::symlink_metadata(&path)?;
         Ok(Self {
             listener,
+            clients: Clients::new(),
             path,
             dev: meta.dev(),
             ino: meta.ino(),
@@ -171,15 +161,80 @@ impl UapiServer {
         }
     }
 
-    /// Serves until `stop` is raised or the socket file goes away. Errors
+    /// Appends the poll(2) entries to wait on: the listener first, then
+    /// one per connection. Pass the same entries, filled in, to
+    /// [`UapiServer::service`].
+    pub fn pollfds(&self, out: &mut Vec<libc::pollfd>) {
+        out.push(libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        self.clients.pollfds(out);
+    }
+
+    /// The longest the caller may sleep before [`UapiServer::service`] has
+    /// a deadline to enforce; `None` without connections.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        self.clients.next_expiry(now)
+    }
+
+    /// Accepts new connections (if the listener is readable: `listener_ready`
+    /// is its entry's `revents != 0`) and serves every connection as far as
+    /// it goes without waiting. Returns true if a request completed. Errors
     /// are only those of the listening socket itself.
+    pub fn service(
+        &mut self,
+        listener_ready: bool,
+        device: &mut dyn Device,
+        config: &mut DeviceConfig,
+    ) -> io::Result<bool> {
+        let now = Instant::now();
+        if listener_ready {
+            self.accept(now)?;
+        }
+        Ok(self.clients.service(device, config, now))
+    }
+
+    fn accept(&mut self, now: Instant) -> io::Result<()> {
+        for _ in 0..ACCEPT_BURST {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if !self.clients.add(stream, now) {
+                        tracing::debug!("UAPI: connection refused, all slots busy");
+                    }
+                }
+                Err(e) => {
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted => Ok(()),
+                        _ => match e.raw_os_error() {
+                            // Out of descriptors or memory: try again later
+                            // (the pending connection keeps the listener
+                            // readable; the caller's poll timeout paces us).
+                            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                                Ok(())
+                            }
+                            _ => Err(e),
+                        },
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves until `stop` is raised or the socket file goes away (the
+    /// daemon's loop without its other events).
     #[cfg(test)]
     pub fn run(
         &mut self,
         device: &mut dyn Device,
         config: &mut DeviceConfig,
-        stop: &AtomicBool,
+        stop: &std::sync::atomic::AtomicBool,
     ) -> io::Result<Shutdown> {
+        let mut fds = Vec::new();
         loop {
             if stop.load(Ordering::Acquire) {
                 return Ok(Shutdown::Stopped);
@@ -187,52 +242,13 @@ impl UapiServer {
             if !self.socket_file_intact() {
                 return Ok(Shutdown::SocketRemoved);
             }
-            if self.serve_pending(device, config, stop, TICK)? {
-                return Ok(Shutdown::Stopped);
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for connections and serves every pending one.
-    /// Returns true if `stop` was raised while serving.
-    pub fn serve_pending(
-        &mut self,
-        device: &mut dyn Device,
-        config: &mut DeviceConfig,
-        stop: &AtomicBool,
-        timeout: Duration,
-    ) -> io::Result<bool> {
-        if !poll_one(self.listener.as_raw_fd(), libc::POLLIN, timeout)? {
-            return Ok(false);
-        }
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    let watch = Watch {
-                        listener: self.listener.as_raw_fd(),
-                        path: &self.path,
-                        dev: self.dev,
-                        ino: self.ino,
-                    };
-                    if serve(stream, device, config, stop, Some(watch)) == ConnectionEnd::Stopped {
-                        return Ok(true);
-                    }
-                }
-                Err(e) => {
-                    return match e.kind() {
-                        io::ErrorKind::WouldBlock => Ok(false),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => Ok(false),
-                        _ => match e.raw_os_error() {
-                            // Out of descriptors or memory: wait for better times.
-                            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                                std::thread::sleep(TICK);
-                                Ok(false)
-                            }
-                            _ => Err(e),
-                        },
-                    };
-                }
-            }
+            fds.clear();
+            self.pollfds(&mut fds);
+            let timeout = self
+                .next_timeout(Instant::now())
+                .map_or(TICK, |t| t.min(TICK));
+            poll(&mut fds, timeout)?;
+            self.service(fds[0].revents != 0, device, config)?;
         }
     }
 }
@@ -272,381 +288,64 @@ fn make_private_dir(dir: &Path, ifname: &str) -> io::Result<PathBuf> {
     ))
 }
 
-/// How a connection ended.
+/// How often [`UapiServer::run`] checks its stop flag and socket file.
+#[cfg(test)]
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// How [`serve_connection`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(test)]
 pub enum ConnectionEnd {
-    /// The client closed it, broke the protocol, stalled or gave way.
+    /// The connection was closed (by the client, a protocol error or a
+    /// deadline).
     Closed,
     /// The stop flag was raised.
     Stopped,
 }
 
 /// Serves one connected stream (e.g. one end of a socket pair) until it
-/// ends: any number of requests. Returns early when `stop` is raised.
+/// ends: any number of requests.
 #[cfg(test)]
 pub fn serve_connection(
     stream: UnixStream,
     device: &mut dyn Device,
     config: &mut DeviceConfig,
-    stop: &AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> ConnectionEnd {
-    serve(stream, device, config, stop, None)
-}
-
-/// What a connection served by [`UapiServer`] keeps an eye on while idle.
-#[derive(Clone, Copy)]
-struct Watch<'a> {
-    /// Other clients waiting to connect.
-    listener: RawFd,
-    /// The socket file, which must stay ours.
-    path: &'a Path,
-    dev: u64,
-    ino: u64,
-}
-
-impl Watch<'_> {
-    fn socket_file_gone(&self) -> bool {
-        match std::fs::symlink_metadata(self.path) {
-            Ok(m) => !(m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino),
-            Err(e) => e.kind() == io::ErrorKind::NotFound,
+    let mut clients = Clients::new();
+    clients.add(stream, Instant::now());
+    let mut fds = Vec::new();
+    while !clients.is_empty() {
+        if stop.load(Ordering::Acquire) {
+            return ConnectionEnd::Stopped;
         }
-    }
-}
-
-fn serve(
-    stream: UnixStream,
-    device: &mut dyn Device,
-    config: &mut DeviceConfig,
-    stop: &AtomicBool,
-    watch: Option<Watch<'_>>,
-) -> ConnectionEnd {
-    if stream.set_nonblocking(true).is_err() {
-        return ConnectionEnd::Closed;
-    }
-    let mut conn = Conn {
-        fd: stream.as_raw_fd(),
-        stream,
-        watch,
-        stop,
-        buf: vec![0u8; READ_BUF].into_boxed_slice(),
-        start: 0,
-        end: 0,
-        consumed: 0,
-        last_activity: Instant::now(),
-        ended: None,
-    };
-    match serve_requests(&mut conn, device, config) {
-        Err(ConnectionEnd::Stopped) => ConnectionEnd::Stopped,
-        _ => ConnectionEnd::Closed,
-    }
-}
-
-/// Result of reading one line.
-enum Line {
-    /// A complete line is in the caller's buffer (without `\n`).
-    Complete,
-    /// A line longer than [`MAX_LINE`] was skipped.
-    TooLong,
-    /// End of stream (a partial last line is dropped).
-    Eof,
-}
-
-struct Conn<'a> {
-    stream: UnixStream,
-    fd: RawFd,
-    watch: Option<Watch<'a>>,
-    stop: &'a AtomicBool,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// Bytes consumed from the stream so far (for the request size limit).
-    consumed: u64,
-    last_activity: Instant,
-    /// Why a write through [`ConnWriter`] failed.
-    ended: Option<ConnectionEnd>,
-}
-
-type ConnResult<T> = Result<T, ConnectionEnd>;
-
-impl Drop for Conn<'_> {
-    fn drop(&mut self) {
-        // The buffer saw the keys of every request on this connection.
-        self.buf.zeroize();
-    }
-}
-
-impl Conn<'_> {
-    /// Reads one line into `line`. A line longer than [`MAX_LINE`] is
-    /// skipped, up to `max_skip` bytes of it; past that the connection ends.
-    fn read_line(&mut self, line: &mut Vec<u8>, max_skip: u64) -> ConnResult<Line> {
-        line.clear();
-        let mut too_long = false;
-        let line_start = self.consumed;
-        loop {
-            if too_long && self.consumed - line_start > max_skip {
-                return Err(ConnectionEnd::Closed);
-            }
-            let avail = self.buf.get(self.start..self.end).unwrap_or(&[]);
-            let newline = avail.iter().position(|&b| b == b'\n');
-            let take = newline.unwrap_or(avail.len());
-            if !too_long {
-                if line.len() + take > MAX_LINE {
-                    too_long = true;
-                    line.clear();
-                } else {
-                    line.extend_from_slice(&avail[..take]);
-                }
-            }
-            match newline {
-                Some(pos) => {
-                    self.start += pos + 1;
-                    self.consumed += pos as u64 + 1;
-                    return Ok(if too_long {
-                        Line::TooLong
-                    } else {
-                        Line::Complete
-                    });
-                }
-                None => {
-                    self.consumed += avail.len() as u64;
-                    self.start = 0;
-                    self.end = 0;
-                    if !self.fill()? {
-                        return Ok(Line::Eof);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reads more bytes into the (empty) buffer; false at EOF.
-    fn fill(&mut self) -> ConnResult<bool> {
-        loop {
-            match (&self.stream).read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    self.end += n;
-                    self.last_activity = Instant::now();
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLIN)?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(ConnectionEnd::Closed),
-            }
-        }
-    }
-
-    fn write_all(&mut self, mut data: &[u8]) -> ConnResult<()> {
-        while !data.is_empty() {
-            // SAFETY: `data` is valid for `data.len()` bytes; MSG_NOSIGNAL
-            // turns a closed peer into EPIPE instead of SIGPIPE.
-            let n = unsafe {
-                libc::send(
-                    self.fd,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                data = data.get(n.unsigned_abs()..).unwrap_or(&[]);
-                self.last_activity = Instant::now();
-                continue;
-            }
-            match io::Error::last_os_error().kind() {
-                io::ErrorKind::WouldBlock => self.wait(libc::POLLOUT)?,
-                io::ErrorKind::Interrupted => {}
-                _ => return Err(ConnectionEnd::Closed),
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until the stream is ready for `events`, checking the stop flag
-    /// every tick and giving way to waiting clients when idle.
-    fn wait(&mut self, events: libc::c_short) -> ConnResult<()> {
-        loop {
-            if self.stop.load(Ordering::Acquire) {
-                return Err(ConnectionEnd::Stopped);
-            }
-            let idle = self.last_activity.elapsed();
-            if events == libc::POLLOUT && idle >= WRITE_STALL {
-                return Err(ConnectionEnd::Closed);
-            }
-            if self.watch.is_some_and(|w| w.socket_file_gone()) {
-                return Err(ConnectionEnd::Closed);
-            }
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.fd,
-                    events,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.watch.map_or(-1, |w| w.listener),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // Watch the listener only once idle long enough to give way.
-            let nfds = if self.watch.is_some() && idle >= YIELD_AFTER {
-                2
-            } else {
-                1
-            };
-            let timeout = TICK.as_millis() as libc::c_int;
-            // SAFETY: `fds` holds `nfds` (<= 2) initialised pollfd entries.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
-            if r < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ConnectionEnd::Closed);
-            }
-            if fds[0].revents != 0 {
-                return Ok(());
-            }
-            if nfds == 2 && fds[1].revents & libc::POLLIN != 0 {
-                return Err(ConnectionEnd::Closed);
-            }
-        }
-    }
-}
-
-/// `io::Write` over a connection, for [`write_get`].
-struct ConnWriter<'c, 'a> {
-    conn: &'c mut Conn<'a>,
-}
-
-impl Write for ConnWriter<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.conn.write_all(buf).map_err(|end| {
-            self.conn.ended = Some(end);
-            io::Error::new(io::ErrorKind::BrokenPipe, "connection ended")
-        })
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn serve_requests(
-    conn: &mut Conn<'_>,
-    device: &mut dyn Device,
-    config: &mut DeviceConfig,
-) -> ConnResult<()> {
-    // Lines can carry keys: wiped when dropped.
-    let mut line = Zeroizing::new(Vec::with_capacity(MAX_LINE));
-    loop {
-        match conn.read_line(&mut line, 0)? {
-            Line::Complete => {}
-            Line::TooLong | Line::Eof => return Err(ConnectionEnd::Closed),
-        }
-        match line.as_slice() {
-            b"get=1" => {
-                match conn.read_line(&mut line, 0)? {
-                    Line::Complete if line.is_empty() => {}
-                    Line::Eof => return Err(ConnectionEnd::Closed),
-                    _ => {
-                        reply_errno(conn, UapiError::TrailingGetData.errno())?;
-                        return Err(ConnectionEnd::Closed);
-                    }
-                }
-                let stats = match device.stats() {
-                    Ok(stats) => stats,
-                    Err(e) => {
-                        reply_errno(conn, UapiError::Engine(e).errno())?;
-                        continue;
-                    }
-                };
-                let mut w = ConnWriter { conn };
-                if write_get(config, &stats, &mut w).is_err() {
-                    return Err(conn.ended.take().unwrap_or(ConnectionEnd::Closed));
-                }
-            }
-            b"set=1" => handle_set(conn, device, config, &mut line)?,
-            // wireguard-go: "invalid UAPI operation", connection closed.
-            _ => return Err(ConnectionEnd::Closed),
-        }
-    }
-}
-
-fn handle_set(
-    conn: &mut Conn<'_>,
-    device: &mut dyn Device,
-    config: &mut DeviceConfig,
-    line: &mut Vec<u8>,
-) -> ConnResult<()> {
-    let start = conn.consumed;
-    let mut txn = Some(Transaction::new());
-    let mut error: Option<UapiError> = None;
-    loop {
-        let status = conn.read_line(line, MAX_REQUEST_BYTES)?;
-        if conn.consumed - start > MAX_REQUEST_BYTES {
-            reply_errno(conn, UapiError::RequestTooLarge(MAX_REQUEST_BYTES).errno())?;
-            return Err(ConnectionEnd::Closed);
-        }
-        match status {
-            Line::Eof => {
-                let _ = reply_errno(conn, UapiError::Truncated.errno());
-                return Err(ConnectionEnd::Closed);
-            }
-            Line::TooLong => {
-                error.get_or_insert(UapiError::LineTooLong(MAX_LINE));
-                txn = None;
-                continue;
-            }
-            Line::Complete => {}
-        }
-        if line.is_empty() || line.as_slice() == b"\r" {
+        fds.clear();
+        clients.pollfds(&mut fds);
+        let timeout = clients
+            .next_expiry(Instant::now())
+            .map_or(TICK, |t| t.min(TICK));
+        if poll(&mut fds, timeout).is_err() {
             break;
         }
-        if let Some(t) = txn.as_mut() {
-            if let Err(e) = t.feed_line(config, line) {
-                error = Some(e);
-                // Free the overlay now; the rest is only read and dropped.
-                txn = None;
-            }
-        }
+        clients.service(device, config, Instant::now());
     }
-    let result = match (error, txn) {
-        (Some(e), _) => Err(e),
-        (None, Some(t)) => execute(t, config, device),
-        (None, None) => Err(UapiError::Truncated),
-    };
-    reply_errno(conn, result.err().map_or(0, |e| e.errno()))
+    ConnectionEnd::Closed
 }
 
-fn reply_errno(conn: &mut Conn<'_>, errno: i32) -> ConnResult<()> {
-    let mut b = Vec::with_capacity(24);
-    b.extend_from_slice(b"errno=");
-    b.extend_from_slice(errno.to_string().as_bytes());
-    b.extend_from_slice(b"\n\n");
-    conn.write_all(&b)
-}
-
-/// Polls one descriptor; true if ready.
-fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one initialised pollfd.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+/// poll(2) over `fds` for at most `timeout` (rounded up to a millisecond);
+/// the number of ready entries. EINTR counts as nothing ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let ms = timeout.as_micros().div_ceil(1000);
+    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid, initialised slice of pollfd for the kernel
+    // to fill.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+            return Ok(0);
         }
         return Err(e);
     }
-    Ok(r > 0)
+    Ok(usize::try_from(r).unwrap_or(0))
 }

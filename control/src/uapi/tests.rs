@@ -801,38 +801,101 @@ mod server_tests {
     }
 
     #[test]
-    fn stalled_client_gives_way_and_stop_interrupts_a_connection() {
+    fn stalled_clients_delay_nobody_and_sets_queue() {
         let tmp = TempDir::new("stall");
         let server = UapiServer::bind(&tmp.0, "cwt3").unwrap();
         let path = server.path().to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let handle = spawn(server, stop.clone(), FakeDevice::default());
 
-        // A client that sends half a set and stalls.
+        // A client that sends half a set and stalls: it holds the set turn.
         let mut stalled = UnixStream::connect(&path).unwrap();
         stalled
             .write_all(format!("set=1\npublic_key={}\n", hex(1)).as_bytes())
             .unwrap();
+        // An idle client and twenty half-sent gets.
+        let _idle = UnixStream::connect(&path).unwrap();
+        let mut half: Vec<UnixStream> = (0..20)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        for h in &mut half {
+            h.write_all(b"get=1\n").unwrap();
+        }
         std::thread::sleep(Duration::from_millis(100));
-        // Another client is served once the stalled one was idle a second.
+        // A get is answered at once, without the stalled set's peer.
         let t = Instant::now();
         let stream = UnixStream::connect(&path).unwrap();
         let mut w = stream.try_clone().unwrap();
         let mut r = BufReader::new(stream);
         w.write_all(b"get=1\n\n").unwrap();
-        assert_eq!(reply(&mut r), "errno=0\n\n", "half set discarded");
-        assert!(t.elapsed() < Duration::from_secs(3));
+        assert_eq!(reply(&mut r), "errno=0\n\n");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
-        // A connected, silent client does not delay a stop.
-        let _idle = UnixStream::connect(&path).unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        // A second set queues behind the stalled one and is applied once the
+        // stalled client is dropped at its deadline.
+        let t = Instant::now();
+        w.write_all(format!("set=1\npublic_key={}\n\n", hex(2)).as_bytes())
+            .unwrap();
+        assert_eq!(reply(&mut r), "errno=0\n\n");
+        let waited = t.elapsed();
+        assert!(
+            waited > Duration::from_secs(3) && waited < Duration::from_secs(8),
+            "{waited:?}"
+        );
+        // The stalled client was dropped without a reply; its half set
+        // is discarded.
+        let mut rest = String::new();
+        stalled.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "");
+        w.write_all(b"get=1\n\n").unwrap();
+        let get = reply(&mut r);
+        assert!(get.contains(&hex(2)) && !get.contains(&hex(1)), "{get}");
+
+        // Connected, silent clients do not delay a stop.
         let t = Instant::now();
         stop.store(true, Ordering::Release);
         let (device, _, r) = handle.join().unwrap();
         assert_eq!(r.unwrap(), Shutdown::Stopped);
         assert!(t.elapsed() < Duration::from_millis(500));
-        assert!(device.applied.is_empty());
-        drop(stalled);
+        assert_eq!(device.applied.len(), 1);
+    }
+
+    #[test]
+    fn a_large_get_is_consistent_while_a_set_waits() {
+        let tmp = TempDir::new("bigget");
+        let server = UapiServer::bind(&tmp.0, "cwt4").unwrap();
+        let path = server.path().to_path_buf();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn(server, stop.clone(), FakeDevice::default());
+
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(format!("set=1\n{}\n", addconf_body(5000)).as_bytes())
+            .unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        assert_eq!(reply(&mut r), "errno=0\n\n");
+
+        // A get of 5000 peers (about 2 MB) read slowly, and a set that
+        // removes a peer sent meanwhile on another connection.
+        s.write_all(b"get=1\n\n").unwrap();
+        let mut first = [0u8; 1000];
+        r.read_exact(&mut first).unwrap();
+        let mut other = UnixStream::connect(&path).unwrap();
+        other
+            .write_all(b"set=1\nlisten_port=1234\n\nget=1\n\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let rest = reply(&mut r);
+        let get = format!("{}{rest}", String::from_utf8_lossy(&first));
+        assert!(!get.contains("listen_port"), "the get saw the old state");
+        assert_eq!(get.matches("public_key=").count(), 5000);
+        let mut r2 = BufReader::new(other);
+        assert_eq!(reply(&mut r2), "errno=0\n\n");
+        assert!(reply(&mut r2).starts_with("listen_port=1234\n"));
+
+        stop.store(true, Ordering::Release);
+        let (_, config, r) = handle.join().unwrap();
+        r.unwrap();
+        assert_eq!(config.listen_port(), 1234);
     }
 
     #[test]
