@@ -109,7 +109,7 @@ step "In-memory device tests as an unprivileged user (uid 65534)"
 t=$(date +%s)
 unprivileged() {
     local bin
-    bin=$(cargo test -p corewire --bin corewire --no-run --message-format=json 2>/dev/null |
+    bin=$(cargo test -p corewire --lib --no-run --message-format=json 2>/dev/null |
         sed -nE 's/.*"executable":"([^"]+)".*/\1/p' | tail -n 1)
     [[ -n "$bin" ]] || { echo "no test binary found" >&2; return 1; }
     if [[ $(id -u) -ne 0 ]]; then

@@ -16,9 +16,10 @@ use crossbeam_channel::{bounded, unbounded};
 
 use super::config::{ApplyError, Change, Device, DeviceStats};
 use super::counters::Counters;
-use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL};
+use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL, MAILBOX};
 use super::owner::worker_bits;
 use super::pool::Depot;
+use super::shard::CookieSeed;
 use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
@@ -89,9 +90,11 @@ impl Engine {
         let mut mailboxes = Vec::with_capacity(n);
         for w in &wakes {
             let (tx, rx) = unbounded();
-            inboxes.push(rx);
+            let (packets, packets_rx) = bounded(MAILBOX);
+            inboxes.push((rx, packets_rx));
             mailboxes.push(Mailbox {
                 tx,
+                packets,
                 wake: w.as_raw_fd(),
             });
         }
@@ -102,8 +105,9 @@ impl Engine {
         };
         let clock = (Instant::now(), SystemTime::now());
         let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
+        let cookies = CookieSeed::generate(clock.0);
         let mut threads = Vec::with_capacity(n);
-        for (i, inbox) in inboxes.into_iter().enumerate() {
+        for (i, (inbox, packets)) in inboxes.into_iter().enumerate() {
             let setup = Setup {
                 id: i as u32,
                 workers: n as u32,
@@ -111,11 +115,13 @@ impl Engine {
                 udp: fds(&udp, i, 0),
                 wake: wakes[i].as_raw_fd(),
                 inbox,
+                packets,
                 mailboxes: mailboxes.clone(),
                 mtu: mtu.clone(),
                 offload: tun.offload(),
                 depot: depot.clone(),
                 clock,
+                cookies: cookies.clone(),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let t = std::thread::Builder::new()

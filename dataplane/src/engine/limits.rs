@@ -62,6 +62,13 @@ pub const HANDSHAKE_BUDGET: usize = 16;
 /// Handshake messages taken in per loop turn in all (cookie replies and
 /// refusals are cheap, but not free).
 pub const HANDSHAKE_TURN: usize = 256;
+/// Packets handed over by other workers waiting for a worker, each in a
+/// small buffer where it fits: about 4 MiB. More are dropped and counted
+/// by the worker handing them over.
+pub const MAILBOX: usize = 2048;
+/// Handed-over packets a worker takes in per loop turn; the rest wait for
+/// the next turn, so its own sockets and TUN queue keep their share.
+pub const MAILBOX_TURN: usize = 512;
 /// Packets queued for sending or writing after which they are handed to
 /// the kernel at once instead of at the end of the loop turn: a turn that
 /// drains many completions would otherwise hold its first packets back

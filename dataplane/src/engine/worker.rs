@@ -22,11 +22,14 @@ use super::bufring::BufRing;
 use super::config::{Change, PeerStats};
 use super::counters::{Counters, DropReason};
 use super::limits::{
-    APPLY_CHUNK, MAX_SEGMENTS, POOL_CAP, SLOTS, SUBMIT_EVERY, TICK, TUN_RING, UDP_RING,
+    APPLY_CHUNK, MAILBOX_TURN, MAX_SEGMENTS, POOL_CAP, SLOTS, SUBMIT_EVERY, TICK, TUN_RING,
+    UDP_RING,
 };
 use super::ops::{gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
-use super::shard::{Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT};
+use super::shard::{
+    CookieSeed, Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT,
+};
 use super::tun::Offload;
 use crate::proto::messages::{HEADROOM, TAILROOM};
 
@@ -47,11 +50,10 @@ pub struct UdpFds {
     pub gen: u32,
 }
 
-/// Messages to a worker.
+/// Messages from the control plane to a worker (packets from other workers
+/// travel separately, through the bounded [`Mailbox::packets`]).
 #[derive(Debug)]
 pub enum Msg {
-    /// A packet for a peer or session this worker owns.
-    Packet(Handoff),
     /// Configuration changes; reply when applied.
     Apply(Arc<Vec<Change>>, Sender<()>),
     /// Report this shard's peers.
@@ -62,11 +64,14 @@ pub enum Msg {
     Stop,
 }
 
-/// A way to reach one worker: its channel and its eventfd.
+/// A way to reach one worker: its channels and its eventfd.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
-    /// The channel.
+    /// Control messages (only the control plane sends them).
     pub tx: Sender<Msg>,
+    /// Packets handed over by other workers: bounded ([`MAILBOX`]); a
+    /// full mailbox drops what is handed over, and the sender counts it.
+    pub packets: Sender<Handoff>,
     /// The eventfd that wakes its ring.
     pub wake: RawFd,
 }
@@ -94,8 +99,10 @@ pub struct Setup {
     pub udp: UdpFds,
     /// This worker's eventfd.
     pub wake: RawFd,
-    /// This worker's channel.
+    /// This worker's control channel.
     pub inbox: Receiver<Msg>,
+    /// Packets other workers handed to this one.
+    pub packets: Receiver<Handoff>,
     /// Every worker's mailbox, by number.
     pub mailboxes: Vec<Mailbox>,
     /// The TUN MTU, kept current by the control plane.
@@ -106,6 +113,8 @@ pub struct Setup {
     pub depot: Depot,
     /// Monotonic and wall-clock readings taken together at start.
     pub clock: (Instant, SystemTime),
+    /// The device's cookie seed.
+    pub cookies: CookieSeed,
 }
 
 /// The kernel side of a worker, as the shard's actions see it: the ring,
@@ -177,15 +186,12 @@ impl Handoffs for Kernel<'_> {
         let Some(mb) = self.mailboxes.get(to as usize) else {
             return Err(packet);
         };
-        match mb.tx.send(Msg::Packet(packet)) {
+        match mb.packets.try_send(packet) {
             Ok(()) => {
                 self.to_wake[to as usize] = true;
                 Ok(())
             }
-            Err(e) => match e.into_inner() {
-                Msg::Packet(p) => Err(p),
-                _ => Ok(()),
-            },
+            Err(e) => Err(e.into_inner()),
         }
     }
 }
@@ -203,6 +209,7 @@ pub struct Worker {
     udp: UdpFds,
     wake: RawFd,
     inbox: Receiver<Msg>,
+    packets: Receiver<Handoff>,
     mailboxes: Vec<Mailbox>,
     to_wake: Vec<bool>,
     mtu: Arc<AtomicU32>,
@@ -242,6 +249,7 @@ impl Worker {
             uso: s.offload.uso,
             clock: s.clock,
             pool,
+            cookies: s.cookies,
         });
         shard.set_sockets(s.udp.port, s.udp.v6.is_some());
         Ok(Self {
@@ -254,6 +262,7 @@ impl Worker {
             udp: s.udp,
             wake: s.wake,
             inbox: s.inbox,
+            packets: s.packets,
             to_wake: vec![false; s.mailboxes.len()],
             mailboxes: s.mailboxes,
             mtu: s.mtu,
@@ -283,7 +292,9 @@ impl Worker {
             // With configuration left to apply or handshake messages left
             // beyond the last turn's budget, only look for completions (do
             // not sleep), then go on with them.
-            let wait = usize::from(self.applying.is_empty() && !self.shard.has_pending());
+            let wait = usize::from(
+                self.applying.is_empty() && !self.shard.has_pending() && self.packets.is_empty(),
+            );
             self.queued = 0;
             match self.ring.submit_and_wait(wait) {
                 Ok(_) => {}
@@ -546,13 +557,18 @@ impl Worker {
         }
     }
 
+    /// Takes in control messages, and at most [`MAILBOX_TURN`] packets
+    /// from other workers (the rest wait for the next turn).
     fn drain_inbox(&mut self) {
+        for _ in 0..MAILBOX_TURN {
+            let Ok(p) = self.packets.try_recv() else {
+                break;
+            };
+            self.shard.handed(p, self.now);
+            self.execute();
+        }
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                Msg::Packet(p) => {
-                    self.shard.handed(p, self.now);
-                    self.execute();
-                }
                 Msg::Apply(changes, ack) => {
                     self.applying.push_back((changes, 0, ack));
                     self.apply_some();

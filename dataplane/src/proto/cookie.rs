@@ -58,30 +58,67 @@ pub enum MacVerdict {
     Mac1AndMac2,
 }
 
+/// Where a responder's cookie secrets come from: a random seed and a
+/// start time shared by every worker of a device, so that a cookie one
+/// worker hands out is good at all of them (a peer's next attempt may land
+/// on another worker, or be handed to the worker that owns its key). The
+/// secret of each [`COOKIE_SECRET_MAX_AGE`] period since the start is
+/// HMAC(seed, period number): it changes every two minutes as a freshly
+/// drawn one would, and the workers share nothing they write.
+#[derive(Clone)]
+pub struct CookieSeed {
+    seed: Zeroizing<[u8; HASH_LEN]>,
+    base: Instant,
+}
+
+impl std::fmt::Debug for CookieSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieSeed").finish_non_exhaustive()
+    }
+}
+
+impl CookieSeed {
+    /// A fresh random seed; periods count from `base`.
+    pub fn generate(base: Instant) -> Self {
+        let mut seed = Zeroizing::new([0u8; HASH_LEN]);
+        OsRng.fill_bytes(&mut seed[..]);
+        Self { seed, base }
+    }
+
+    /// The number of the secret's period at `now`.
+    fn period(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_secs() / COOKIE_SECRET_MAX_AGE.as_secs()
+    }
+}
+
 /// Responder side: checks MACs on incoming handshakes and makes cookies.
 pub struct CookieChecker {
     mac1_key: [u8; HASH_LEN],
     cookie_key: Zeroizing<[u8; HASH_LEN]>,
+    seed: CookieSeed,
     secret: Zeroizing<[u8; HASH_LEN]>,
-    secret_born: Option<Instant>,
+    /// The period `secret` belongs to.
+    period: Option<u64>,
 }
 
 impl std::fmt::Debug for CookieChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CookieChecker")
-            .field("secret_born", &self.secret_born)
+            .field("period", &self.period)
             .finish_non_exhaustive()
     }
 }
 
 impl CookieChecker {
-    /// A checker for the interface whose public key is `local`.
-    pub fn new(local: &PublicKey) -> Self {
+    /// A checker for the interface whose public key is `local`, with the
+    /// device's cookie `seed`.
+    pub fn new(local: &PublicKey, seed: CookieSeed) -> Self {
         Self {
             mac1_key: mac1_key(local),
             cookie_key: Zeroizing::new(cookie_key(local)),
+            seed,
             secret: Zeroizing::new([0; HASH_LEN]),
-            secret_born: None,
+            period: None,
         }
     }
 
@@ -125,14 +162,13 @@ impl CookieChecker {
         );
     }
 
-    /// τ = MAC(R, source address || source port), with R rotated lazily.
+    /// τ = MAC(R, source address || source port), R the secret of the
+    /// current period (see [`CookieSeed`]).
     fn cookie_for(&mut self, src: SocketAddr, now: Instant) -> [u8; MAC_LEN] {
-        let stale = self
-            .secret_born
-            .is_none_or(|born| now.saturating_duration_since(born) >= COOKIE_SECRET_MAX_AGE);
-        if stale {
-            OsRng.fill_bytes(&mut self.secret[..]);
-            self.secret_born = Some(now);
+        let period = self.seed.period(now);
+        if self.period != Some(period) {
+            *self.secret = crypto::hmac(&self.seed.seed, &[&period.to_le_bytes()]);
+            self.period = Some(period);
         }
         let port = src.port().to_be_bytes();
         match src.ip() {
@@ -231,9 +267,9 @@ mod tests {
     #[test]
     fn cookie_round_trip_enables_mac2() {
         let responder = PrivateKey::generate().public_key();
-        let mut checker = CookieChecker::new(&responder);
+        let mut checker = CookieChecker::new(&responder, CookieSeed::generate(Instant::now()));
         let mut jar = CookieJar::default();
-        let now = Instant::now();
+        let now = Instant::now() + Duration::from_secs(1);
         let src = addr("192.0.2.1:51820");
 
         let mut msg = Initiation::new_zeroed();
@@ -268,12 +304,34 @@ mod tests {
     }
 
     #[test]
+    fn workers_with_one_seed_accept_each_others_cookies() {
+        let responder = PrivateKey::generate().public_key();
+        let seed = CookieSeed::generate(Instant::now());
+        let (mut a, mut b) = (
+            CookieChecker::new(&responder, seed.clone()),
+            CookieChecker::new(&responder, seed),
+        );
+        let mut other = CookieChecker::new(&responder, CookieSeed::generate(Instant::now()));
+        let mut jar = CookieJar::default();
+        let now = Instant::now();
+        let src = addr("192.0.2.1:51820");
+        let mut msg = Initiation::new_zeroed();
+        jar.stamp(&responder, &mut msg, now);
+        let mut reply = CookieReply::new_zeroed();
+        a.reply(&msg, src, now, &mut reply);
+        jar.consume(&responder, &reply, now).unwrap();
+        jar.stamp(&responder, &mut msg, now);
+        assert_eq!(b.verify(&msg, src, now), MacVerdict::Mac1AndMac2);
+        assert_eq!(other.verify(&msg, src, now), MacVerdict::Mac1Only);
+    }
+
+    #[test]
     fn bad_mac1_is_detected_and_cookies_expire() {
         let responder = PrivateKey::generate().public_key();
         let other = PrivateKey::generate().public_key();
-        let mut checker = CookieChecker::new(&responder);
+        let mut checker = CookieChecker::new(&responder, CookieSeed::generate(Instant::now()));
         let mut jar = CookieJar::default();
-        let now = Instant::now();
+        let now = Instant::now() + Duration::from_secs(1);
         let src = addr("192.0.2.1:1");
         let mut msg = Initiation::new_zeroed();
         jar.stamp(&other, &mut msg, now);

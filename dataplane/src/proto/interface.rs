@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use zerocopy::{FromZeros, IntoBytes};
 
 use super::allowedips::{AllowedIps, AllowedIpsError};
-use super::cookie::{CookieChecker, MacVerdict};
+use super::cookie::{CookieChecker, CookieSeed, MacVerdict};
 use super::handshake::{self, Identity};
 use super::index::IndexTable;
 use super::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -135,6 +135,9 @@ pub enum ConfigError {
 pub struct Interface {
     identity: Option<Identity>,
     checker: Option<CookieChecker>,
+    /// Where the checker's cookie secrets come from (shared by the device's
+    /// shards).
+    cookies: CookieSeed,
     peers: Vec<Option<Peer>>,
     free: Vec<PeerId>,
     by_key: HashMap<PublicKey, PeerId>,
@@ -160,16 +163,25 @@ impl Interface {
     /// An interface without a key or peers. `now` and `wall` are read
     /// together once by the caller to map monotonic to wall-clock time.
     pub fn new(now: Instant, wall: SystemTime) -> Self {
-        Self::new_shard(now, wall, 0, 0)
+        Self::new_shard(now, wall, 0, 0, CookieSeed::generate(now))
     }
 
     /// One worker's shard of an interface: session indexes it allocates
     /// carry `worker` in their low `worker_bits` bits, so any worker can
-    /// tell which one owns a session from the index alone.
-    pub fn new_shard(now: Instant, wall: SystemTime, worker: u32, worker_bits: u8) -> Self {
+    /// tell which one owns a session from the index alone. Every shard of
+    /// one device gets the same `cookies` seed, so they accept each other's
+    /// cookies.
+    pub fn new_shard(
+        now: Instant,
+        wall: SystemTime,
+        worker: u32,
+        worker_bits: u8,
+        cookies: CookieSeed,
+    ) -> Self {
         Self {
             identity: None,
             checker: None,
+            cookies,
             peers: Vec::new(),
             free: Vec::new(),
             by_key: HashMap::new(),
@@ -197,7 +209,7 @@ impl Interface {
         }
         self.checker = identity
             .as_ref()
-            .map(|i| CookieChecker::new(i.public_key()));
+            .map(|i| CookieChecker::new(i.public_key(), self.cookies.clone()));
         if let Some(own) = identity
             .as_ref()
             .and_then(|i| self.by_key.get(i.public_key()).copied())

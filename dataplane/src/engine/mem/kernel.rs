@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::{Datagram, IoCounts};
+use crate::engine::limits::MAILBOX;
 use crate::engine::offload::{self, TunRead};
 use crate::engine::pool::{Buf, Packet};
 use crate::engine::shard::{Handoff, Handoffs, TunTx, UdpTx};
@@ -86,11 +87,12 @@ impl TunTx for MemIo<'_> {
 impl Handoffs for MemIo<'_> {
     fn hand(&mut self, to: u32, packet: Handoff) -> Result<(), Handoff> {
         match self.inboxes.get_mut(to as usize) {
-            Some(q) => {
+            // A mailbox holds at most MAILBOX packets, as the engine's.
+            Some(q) if q.len() < MAILBOX => {
                 q.push_back(packet);
                 Ok(())
             }
-            None => Err(packet),
+            _ => Err(packet),
         }
     }
 }

@@ -43,11 +43,14 @@ use super::counters::Counters;
 use super::limits::{DEFAULT_MTU, MAX_BATCH, MAX_EVENTS, MAX_RX_BATCH, MAX_SEGMENTS};
 use super::offload::Coalescer;
 use super::owner::worker_bits;
-use super::pool::{Buf, Packet, Pool};
+use super::pool::{Buf, Packet, Pool, SMALL_BUF_SIZE};
 use crate::proto::allowedips::AllowedIps;
+pub use crate::proto::cookie::CookieSeed;
 use crate::proto::interface::{Drop, Interface};
 use crate::proto::keys::PublicKey;
+use crate::proto::messages::{HEADROOM, TAILROOM};
 use crate::proto::peer::{PeerError, PeerId, TickOutcome};
+use crate::proto::session::PacketBuf;
 
 /// A packet passed to the worker that owns its peer.
 #[derive(Debug)]
@@ -152,6 +155,8 @@ pub struct ShardSetup {
     pub clock: (Instant, SystemTime),
     /// Where the shard's buffers come from.
     pub pool: Pool,
+    /// The device's cookie seed, the same for all its shards.
+    pub cookies: CookieSeed,
 }
 
 /// One UDP send the shard asked for: the next `count` packets of
@@ -253,7 +258,7 @@ impl Shard {
             mtu: DEFAULT_MTU as usize,
             now,
             pool: s.pool,
-            iface: Interface::new_shard(now, wall, s.id, bits),
+            iface: Interface::new_shard(now, wall, s.id, bits, s.cookies),
             routes: AllowedIps::new(),
             handshakes: VecDeque::new(),
             staged: HashMap::new(),
@@ -456,9 +461,44 @@ impl Shard {
         }
     }
 
-    /// Queues a handoff of a packet to worker `to`.
+    /// Queues a handoff of a packet to worker `to`, in a small buffer if
+    /// it sits in a large one (a mailbox holds many: see
+    /// [`MAILBOX`](super::limits::MAILBOX)). A worker that does not exist
+    /// (a forged index) gets nothing: dropped and counted.
     fn push_handoff(&mut self, to: u32, packet: Handoff) {
+        let (from, pkt) = match packet {
+            Handoff::Tun(p) => (None, p),
+            Handoff::Udp(a, p) => (Some(a), p),
+        };
+        if to >= self.workers {
+            self.counters.handoff_dropped += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        }
+        let pkt = self.compact(pkt);
+        let packet = match from {
+            Some(a) => Handoff::Udp(a, pkt),
+            None => Handoff::Tun(pkt),
+        };
         self.out.handoffs.push((to, packet));
+    }
+
+    /// `pkt` moved into a small buffer (at `HEADROOM`, with room to seal or
+    /// open it in place) if it sits in a large one and fits a small one.
+    fn compact(&mut self, pkt: Packet) -> Packet {
+        let len = pkt.len();
+        if pkt.buffer().len() <= SMALL_BUF_SIZE || len + HEADROOM + TAILROOM > SMALL_BUF_SIZE {
+            return pkt;
+        }
+        let mut small = self.pool.get_for(len);
+        small[HEADROOM..HEADROOM + len].copy_from_slice(pkt.data());
+        match PacketBuf::new(small, HEADROOM, len) {
+            Some(p) => {
+                self.pool.put(pkt.into_inner());
+                p
+            }
+            None => pkt,
+        }
     }
 
     /// Whether the shell can send to `dst` (an IPv6 endpoint needs an IPv6
