@@ -165,3 +165,50 @@ fn initiation_flood_keeps_data_flowing_and_lets_a_new_peer_in() {
     );
     assert_eq!(sent, INITIATIONS);
 }
+
+/// Threat: a ping sweep (or any traffic) towards many peers that never
+/// answer makes the hub stage packets for each while its handshakes run;
+/// staged packets must stay within a per-worker bound, in small buffers.
+#[test]
+fn staging_for_unreachable_peers_is_bounded() {
+    use corewire_dataplane::engine::limits::{MAX_STAGED, STAGED_TOTAL};
+    const PEERS: usize = 200;
+    const PACKETS: usize = 30;
+    let mut net = MemNet::pair(Offload {
+        tso: false,
+        uso: false,
+    });
+    let changes = (0..PEERS)
+        .map(|i| {
+            let key = PrivateKey::generate();
+            let endpoint = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, i as u8)), 51820);
+            peer(&key, Some(endpoint), Ipv4Addr::new(10, 9, 0, i as u8))
+        })
+        .collect();
+    net.devices[HUB].apply(changes).unwrap();
+    let now = net.now;
+    let hub_inner = Ipv4Addr::new(10, 0, 0, 2);
+    for i in 0..PEERS {
+        for n in 0..PACKETS {
+            let p = ipv4_packet(hub_inner, Ipv4Addr::new(10, 9, 0, i as u8), 64, n as u8);
+            net.devices[HUB].tun_send(&p, now);
+        }
+    }
+    net.settle();
+    let shard = &net.devices[HUB].shards()[0];
+    let c = shard.counters();
+    assert!(
+        shard.staged_total() <= STAGED_TOTAL,
+        "{}",
+        shard.staged_total()
+    );
+    assert_eq!(
+        shard.staged_total(),
+        STAGED_TOTAL.min(PEERS * MAX_STAGED.min(PACKETS))
+    );
+    assert_eq!(
+        c.staged_dropped as usize,
+        PEERS * PACKETS - shard.staged_total(),
+        "every packet beyond the bound is counted"
+    );
+}

@@ -45,8 +45,14 @@ pub const MAX_BATCH: usize = 64;
 /// Most decrypted packets held for coalescing before they are written to
 /// the TUN (they are written at the latest at the end of the loop turn).
 pub const MAX_RX_BATCH: usize = 128;
-/// Packets held per peer while its handshake runs (as wireguard-go).
+/// Packets held per peer while its handshake runs (as wireguard-go); the
+/// oldest goes when more arrive.
 pub const MAX_STAGED: usize = 128;
+/// Packets held per worker for all peers waiting for a handshake, each in
+/// a small buffer where it fits: 8 MiB. A ping sweep over a thousand
+/// offline spokes holds at most this; beyond it new packets are dropped
+/// and counted.
+pub const STAGED_TOTAL: usize = 4096;
 /// Shard events (handshakes, cookies, drops with their source) kept
 /// between two executions of its actions; more are counted and lost.
 pub const MAX_EVENTS: usize = 256;

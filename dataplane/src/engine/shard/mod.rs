@@ -211,6 +211,8 @@ pub struct Shard {
     handshakes: VecDeque<(SocketAddr, Packet)>,
     /// Packets waiting for their peer's handshake.
     staged: HashMap<PeerId, VecDeque<Packet>>,
+    /// How many, for all peers.
+    staged_total: usize,
     /// Packets read for one peer, sealed together when the peer changes,
     /// the batch is full, or the shell flushes.
     batch: Vec<Packet>,
@@ -262,6 +264,7 @@ impl Shard {
             routes: AllowedIps::new(),
             handshakes: VecDeque::new(),
             staged: HashMap::new(),
+            staged_total: 0,
             batch: Vec::with_capacity(MAX_BATCH),
             batch_peer: None,
             gso: true,
@@ -481,6 +484,11 @@ impl Shard {
             None => Handoff::Tun(pkt),
         };
         self.out.handoffs.push((to, packet));
+    }
+
+    /// Packets waiting for a handshake, for all peers.
+    pub fn staged_total(&self) -> usize {
+        self.staged_total
     }
 
     /// `pkt` moved into a small buffer (at `HEADROOM`, with room to seal or

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Handoff, Shard};
-use crate::engine::limits::{MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS, MAX_STAGED};
+use crate::engine::limits::{MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS, MAX_STAGED, STAGED_TOTAL};
 use crate::engine::offload::{self, TunRead, VNET_HDR_LEN};
 use crate::engine::owner::owner_of_key;
 use crate::engine::pool::{Buf, Packet};
@@ -196,15 +196,29 @@ impl Shard {
         }
     }
 
-    /// Holds `pkt` until `peer`'s handshake completes; the oldest packet
-    /// goes when [`MAX_STAGED`] wait.
+    /// Holds `pkt` (in a small buffer where it fits) until `peer`'s
+    /// handshake completes; the peer's oldest packet goes when
+    /// [`MAX_STAGED`] wait, and a new one is dropped when [`STAGED_TOTAL`]
+    /// wait for all peers.
     fn stage(&mut self, peer: PeerId, pkt: Packet) {
+        let full = self
+            .staged
+            .get(&peer)
+            .is_some_and(|q| q.len() >= MAX_STAGED);
+        if !full && self.staged_total >= STAGED_TOTAL {
+            self.counters.staged_dropped += 1;
+            self.pool.put(pkt.into_inner());
+            return;
+        }
+        let pkt = self.compact(pkt);
         let q = self.staged.entry(peer).or_default();
-        if q.len() >= MAX_STAGED {
+        if full {
             if let Some(old) = q.pop_front() {
                 self.counters.staged_dropped += 1;
                 self.pool.put(old.into_inner());
             }
+        } else {
+            self.staged_total += 1;
         }
         q.push_back(pkt);
     }
@@ -214,6 +228,7 @@ impl Shard {
         let Some(mut q) = self.staged.remove(&peer) else {
             return false;
         };
+        self.staged_total -= q.len();
         if q.is_empty() {
             return false;
         }
@@ -225,6 +240,7 @@ impl Shard {
             self.flush_batch();
             if self.staged.get(&peer).is_some_and(|s| !s.is_empty()) {
                 // Still no session: the rest goes back to the queue.
+                self.staged_total += q.len();
                 let back = self.staged.entry(peer).or_default();
                 back.extend(q.drain(..));
             }
@@ -235,6 +251,7 @@ impl Shard {
     /// Drops what waited for `peer` (handshake given up, peer removed).
     pub(super) fn drop_staged(&mut self, peer: PeerId, count: bool) {
         if let Some(q) = self.staged.remove(&peer) {
+            self.staged_total -= q.len();
             if count {
                 self.counters.staged_dropped += q.len() as u64;
             }
