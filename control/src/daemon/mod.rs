@@ -49,7 +49,8 @@ pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
     };
     init_logging(args.verbose, args.foreground);
     match serve(args, &ifname, &mut ready) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
             // Setup failed before readiness: one line, from the launcher
             // (or from us in the foreground).
@@ -85,7 +86,9 @@ fn init_logging(verbose: u8, foreground: bool) {
     }
 }
 
-fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<()> {
+/// Sets up and serves; `Ok(false)` when it stopped because something
+/// failed after it was ready (already reported).
+fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<bool> {
     let signals = Signals::block().context("blocking signals")?;
     let threads = args
         .threads
@@ -111,11 +114,21 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<()> {
     );
     ready.ready();
 
-    let reason = control_loop(&mut engine, &mut uapi, &mut config, &mut monitor, &signals);
-    tracing::info!("stopping: {reason}");
+    let stop = control_loop(&mut engine, &mut uapi, &mut config, &mut monitor, &signals);
     drop(uapi);
-    engine.shutdown();
-    Ok(())
+    match stop {
+        Stop::Asked(reason) => {
+            tracing::info!("stopping: {reason}");
+            engine.shutdown();
+            Ok(true)
+        }
+        Stop::Failed(reason) => {
+            tracing::error!("stopping: {reason}");
+            eprintln!("corewire: stopping: {reason}");
+            engine.shutdown();
+            Ok(false)
+        }
+    }
 }
 
 /// Gives the memory a UAPI request freed back to the system. A bulk `wg
@@ -137,6 +150,17 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
     }
 }
 
+/// Why the daemon stops.
+#[derive(Debug)]
+enum Stop {
+    /// As asked: a signal, the interface or its socket removed.
+    Asked(String),
+    /// Because something failed (a worker, polling, the UAPI socket): the
+    /// process exits non-zero, so a supervisor (systemd's
+    /// `Restart=on-failure`) sees it.
+    Failed(String),
+}
+
 /// Serves until there is a reason to stop, and returns it.
 fn control_loop(
     engine: &mut Engine,
@@ -144,7 +168,7 @@ fn control_loop(
     config: &mut DeviceConfig,
     monitor: &mut LinkMonitor,
     signals: &Signals,
-) -> String {
+) -> Stop {
     let mut fds = Vec::new();
     loop {
         fds.clear();
@@ -155,11 +179,11 @@ fn control_loop(
             .next_timeout(Instant::now())
             .map_or(SOCKET_CHECK, |t| t.min(SOCKET_CHECK));
         if let Err(e) = poll(&mut fds, timeout) {
-            return format!("poll failed: {e}");
+            return Stop::Failed(format!("poll failed: {e}"));
         }
         if fds[1].revents != 0 {
             if let Some(sig) = signals.take() {
-                return format!("signal {sig}");
+                return Stop::Asked(format!("signal {sig}"));
             }
         }
         if fds[0].revents != 0 {
@@ -171,7 +195,9 @@ fn control_loop(
                                 tracing::info!(mtu, "MTU changed");
                                 engine.set_mtu(mtu);
                             }
-                            LinkEvent::Deleted => return "the interface was deleted".into(),
+                            LinkEvent::Deleted => {
+                                return Stop::Asked("the interface was deleted".into())
+                            }
                             LinkEvent::Up | LinkEvent::Down => {}
                         }
                     }
@@ -184,13 +210,13 @@ fn control_loop(
         match uapi.service(fds[2].revents != 0, engine, config) {
             Ok(true) => release_freed_memory(),
             Ok(false) => {}
-            Err(e) => return format!("the UAPI socket failed: {e}"),
+            Err(e) => return Stop::Failed(format!("the UAPI socket failed: {e}")),
         }
         if !uapi.socket_file_intact() {
-            return "the UAPI socket file was removed".into();
+            return Stop::Asked("the UAPI socket file was removed".into());
         }
-        if !engine.healthy() {
-            return "a worker stopped unexpectedly".into();
+        if let Some(why) = engine.failure() {
+            return Stop::Failed(why);
         }
     }
 }

@@ -161,10 +161,17 @@ impl Engine {
         self.mtu.store(mtu, Ordering::Relaxed);
     }
 
-    /// Whether every worker is still running (a worker stops only when
-    /// told to or when its ring fails).
-    pub fn healthy(&self) -> bool {
-        self.threads.iter().all(|t| !t.is_finished())
+    /// Why a worker stopped, if one did (a worker stops only when told to
+    /// or when its ring fails): its error, or that it panicked. The worker
+    /// is joined; the others keep running until [`shutdown`](Self::shutdown).
+    pub fn failure(&mut self) -> Option<String> {
+        let i = self.threads.iter().position(|t| t.is_finished())?;
+        let t = self.threads.remove(i);
+        Some(match t.join() {
+            Ok(Ok(_)) => format!("worker {i} stopped"),
+            Ok(Err(e)) => format!("worker {i} failed: {e}"),
+            Err(_) => format!("worker {i} panicked"),
+        })
     }
 
     fn broadcast(&self, msg: impl Fn() -> Msg) {
