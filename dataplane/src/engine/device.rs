@@ -24,6 +24,10 @@ use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
 
+/// How long a listen port change waits for the workers to release the old
+/// sockets before it closes its own descriptors anyway.
+const SOCKETS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long the control plane waits for every worker to report stats (a
 /// stats request changes nothing, so giving up on it is harmless; the
 /// request then fails with ETIMEDOUT rather than answer partial data).
@@ -190,18 +194,30 @@ impl Engine {
         let new = UdpGroup::bind(port, n, self.udp.fwmark())?;
         steer(&new, n, self.steer);
         self.gen += 1;
+        let (ack_tx, ack_rx) = bounded(n);
         for (i, mb) in self.mailboxes.iter().enumerate() {
-            if mb.tx.send(Msg::Sockets(fds(&new, i, self.gen))).is_ok() {
+            if mb
+                .tx
+                .send(Msg::Sockets(fds(&new, i, self.gen), ack_tx.clone()))
+                .is_ok()
+            {
                 mb.wake();
             }
         }
+        drop(ack_tx);
         let old = std::mem::replace(&mut self.udp, new);
-        // Receives still pending on the old sockets complete now; the
-        // workers see an old generation and do not re-arm them.
-        for fd in old.v4_fds().iter().chain(old.v6_fds()) {
-            // SAFETY: shutting down a socket we own and still hold open.
-            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // Each worker arms receives on the new sockets and cancels those on
+        // the old ones: a socket stays bound while an io_uring operation
+        // holds it, even once its descriptor is closed. Wait for all of
+        // them (bounded), then close the old sockets.
+        let deadline = Instant::now() + SOCKETS_TIMEOUT;
+        for _ in 0..n {
+            if ack_rx.recv_deadline(deadline).is_err() {
+                tracing::warn!("a worker did not release the old sockets in time");
+                break;
+            }
         }
+        drop(old);
         Ok(())
     }
 

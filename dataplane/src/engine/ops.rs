@@ -68,6 +68,9 @@ struct Slot {
     meta: Box<Meta>,
 }
 
+/// `user_data` of requests whose completion needs nothing (no slot has it).
+const IGNORED: u64 = u64::MAX;
+
 /// A finished operation.
 #[derive(Debug)]
 pub struct Done {
@@ -220,6 +223,25 @@ impl Ops {
             bid,
             more,
         })
+    }
+
+    /// Asks the kernel to cancel every multishot receive armed on sockets
+    /// of another generation than `gen` (a listen port change: the old
+    /// sockets stay bound while an operation holds them); returns how
+    /// many. Each ends with a final completion (`ECANCELED`) that frees its
+    /// slot as usual; the cancel requests' own completions are ignored.
+    pub fn cancel_udp_recvs(&mut self, ring: &mut IoUring, gen: u32) -> usize {
+        let mut n = 0;
+        for (id, slot) in self.slots.iter().enumerate() {
+            if matches!(slot.kind, OpKind::UdpRecvMulti { gen: g, .. } if g != gen) {
+                let entry = opcode::AsyncCancel::new(id as u64)
+                    .build()
+                    .user_data(IGNORED);
+                push(ring, &entry);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// What the operation in slot `user_data` is, if one is in flight.

@@ -58,8 +58,9 @@ pub enum Msg {
     Apply(Arc<Vec<Change>>, Sender<()>),
     /// Report this shard's peers.
     Stats(Sender<Vec<PeerStats>>),
-    /// New sockets (listen port changed).
-    Sockets(UdpFds),
+    /// New sockets (listen port changed); reply once nothing of this
+    /// worker holds the old ones any more.
+    Sockets(UdpFds, Sender<()>),
     /// Leave the loop.
     Stop,
 }
@@ -220,6 +221,9 @@ pub struct Worker {
     queued: usize,
     now: Instant,
     stopping: bool,
+    /// Receives still armed on replaced sockets, and whom to tell when none
+    /// are left.
+    old_sockets: Option<(usize, Sender<()>)>,
     /// Configuration change lists being applied: list, next index, ack.
     applying: VecDeque<(Arc<Vec<Change>>, usize, Sender<()>)>,
 }
@@ -271,6 +275,7 @@ impl Worker {
             queued: 0,
             now: Instant::now(),
             stopping: false,
+            old_sockets: None,
             applying: VecDeque::new(),
         })
     }
@@ -433,6 +438,9 @@ impl Worker {
             }
             OpKind::UdpRecvMulti { fd, gen } => {
                 let current = gen == self.udp.gen;
+                if !current && !done.more {
+                    self.old_receive_ended();
+                }
                 let buf = done
                     .bid
                     .and_then(|b| self.udp_bufs.take(b, self.shard.pool()));
@@ -495,6 +503,18 @@ impl Worker {
                 }
             }
             OpKind::Free => {}
+        }
+    }
+
+    /// A receive on a replaced socket ended; when the last has, the
+    /// control plane may close those sockets.
+    fn old_receive_ended(&mut self) {
+        if let Some((n, ack)) = self.old_sockets.take() {
+            if n <= 1 {
+                let _ = ack.send(());
+            } else {
+                self.old_sockets = Some((n - 1, ack));
+            }
         }
     }
 
@@ -576,10 +596,16 @@ impl Worker {
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.shard.stats());
                 }
-                Msg::Sockets(udp) => {
+                Msg::Sockets(udp, ack) => {
                     self.udp = udp;
                     self.shard.set_sockets(udp.port, udp.v6.is_some());
                     self.arm_udp(udp);
+                    let n = self.ops.cancel_udp_recvs(&mut self.ring, udp.gen);
+                    if n == 0 {
+                        let _ = ack.send(());
+                    } else {
+                        self.old_sockets = Some((n, ack));
+                    }
                 }
                 Msg::Stop => self.stopping = true,
             }
