@@ -92,7 +92,7 @@ impl BadClients {
     }
 }
 
-/// Sends `set=1` and a peer line one byte per second, from a thread; notes
+/// Sends a `get` request one byte per second, from a thread; notes
 /// when the daemon dropped it (a write failed). Stopped and joined on drop.
 struct Trickler {
     stop: Arc<AtomicBool>,
@@ -107,10 +107,14 @@ impl Trickler {
         let dropped_after = Arc::new(Mutex::new(None));
         let handle = {
             let (stop, dropped_after) = (stop.clone(), dropped_after.clone());
-            let text = format!("set=1\npublic_key={}\n", hex(&random_key()));
+            // A get: sets wait for their turn one at a time (the half-sent
+            // sets above hold it until each is dropped at its deadline),
+            // and time spent waiting for the turn does not count, so a
+            // trickled set would only be dropped after all of them.
+            let text = "get=1\n\n".to_owned();
             std::thread::spawn(move || {
                 let t = Instant::now();
-                // Bounded: the text is 84 bytes, one a second.
+                // Bounded: at most 120 bytes, one a second.
                 for b in text.bytes().cycle().take(120) {
                     if stop.load(Ordering::Relaxed) {
                         return;
