@@ -59,6 +59,9 @@ pub const MAX_EVENTS: usize = 256;
 /// Handshake messages (initiations, responses) waiting per worker, each
 /// in a small buffer: 2 MiB at most. More are dropped and counted.
 pub const HANDSHAKE_QUEUE: usize = 1024;
+/// Handshake messages with a valid mac2 waiting per worker, in a lane
+/// served before the main queue (see `shard/handshake.rs`).
+pub const HANDSHAKE_PROVEN: usize = 256;
 /// Queued handshake messages that make a worker signal load: an eighth of
 /// the queue, as the kernel.
 pub const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;

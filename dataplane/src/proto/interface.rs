@@ -336,7 +336,9 @@ impl Interface {
         self.under_load_until = Some(now + UNDER_LOAD_HOLD);
     }
 
-    fn under_load(&self, now: Instant) -> bool {
+    /// Whether handshakes are treated as under load at `now` (see
+    /// [`Self::signal_load`]).
+    pub fn under_load(&self, now: Instant) -> bool {
         self.under_load_until.is_some_and(|t| now < t)
     }
 
@@ -541,6 +543,25 @@ impl Interface {
             }
             // transport_receiver already took every well-formed transport message.
             Message::Transport(..) => Err(Drop::Malformed(messages::ParseError::BadLength)),
+        }
+    }
+
+    /// How a handshake message's MACs check out (mac1 against our key, mac2
+    /// against the cookie `src` would have), without taking it in: two
+    /// keyed BLAKE2s at most. The engine sorts handshake messages by it
+    /// before they queue for X25519. `None` for any other message, or
+    /// without a private key.
+    pub fn mac_verdict(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        now: Instant,
+    ) -> Option<MacVerdict> {
+        let checker = self.checker.as_mut()?;
+        match messages::parse(data).ok()? {
+            Message::Initiation(m) => Some(checker.verify(m, src, now)),
+            Message::Response(m) => Some(checker.verify(m, src, now)),
+            _ => None,
         }
     }
 

@@ -8,15 +8,27 @@
 //! (as the kernel does): then an initiation or response without a valid
 //! mac2 gets a cookie reply and no X25519, and one with a cookie passes a
 //! per-source rate limit. A legitimate peer answers the cookie on its next
-//! attempt; a flood of spoofed sources never can. When the queue is full,
-//! new handshake messages are dropped and counted; established sessions
-//! never go through the queue.
+//! attempt; a flood of spoofed sources never can.
+//!
+//! Before a message queues, its MACs are checked (two keyed BLAKE2s at
+//! most): a bad mac1 is dropped at once, one without a valid mac2 while
+//! under load gets its cookie reply at once (no X25519, so no queue), and
+//! one with a valid mac2 (its
+//! sender proved it owns its address by answering a cookie) waits in a
+//! small lane of its own that is served first, so a flood that fills the
+//! main queue cannot keep a legitimate peer's answer to a cookie out. When
+//! a lane is full, new messages for it are dropped and counted;
+//! established sessions never go through either.
 
 use std::net::SocketAddr;
 
 use super::Shard;
-use crate::engine::limits::{HANDSHAKE_BUDGET, HANDSHAKE_QUEUE, HANDSHAKE_TURN, UNDER_LOAD_AT};
+use crate::engine::limits::{
+    HANDSHAKE_BUDGET, HANDSHAKE_PROVEN, HANDSHAKE_QUEUE, HANDSHAKE_TURN, UNDER_LOAD_AT,
+};
 use crate::engine::pool::{Packet, SMALL_BUF_SIZE};
+use crate::proto::cookie::MacVerdict;
+use crate::proto::interface::Drop;
 use crate::proto::messages::{
     HEADROOM, INITIATION_LEN, RESPONSE_LEN, TYPE_INITIATION, TYPE_RESPONSE,
 };
@@ -36,7 +48,25 @@ impl Shard {
     /// Queues a handshake message from `from` (copied into a small buffer
     /// if it sits in a large one), or drops it when the queue is full.
     pub(super) fn queue_handshake(&mut self, from: SocketAddr, pkt: Packet) {
-        if self.handshakes.len() >= HANDSHAKE_QUEUE {
+        let verdict = self.iface.mac_verdict(pkt.data(), from, self.now);
+        if verdict == Some(MacVerdict::BadMac1) {
+            self.refuse(from, Drop::BadMac, pkt);
+            return;
+        }
+        if verdict == Some(MacVerdict::Mac1Only) && self.iface.under_load(self.now) {
+            // Under load this gets a cookie reply and no X25519: answered
+            // at once, so the queue holds only what costs X25519 and a new
+            // peer gets its cookie however full the queue is.
+            self.take_in(from, pkt);
+            return;
+        }
+        let proven = verdict == Some(MacVerdict::Mac1AndMac2);
+        let full = if proven {
+            self.proven.len() >= HANDSHAKE_PROVEN
+        } else {
+            self.handshakes.len() >= HANDSHAKE_QUEUE
+        };
+        if full {
             self.counters.handshake_queue_full += 1;
             self.pool.put(pkt.into_inner());
             return;
@@ -53,8 +83,12 @@ impl Shard {
         } else {
             pkt
         };
-        self.handshakes.push_back((from, pkt));
-        if self.handshakes.len() >= UNDER_LOAD_AT {
+        if proven {
+            self.proven.push_back((from, pkt));
+        } else {
+            self.handshakes.push_back((from, pkt));
+        }
+        if self.handshakes.len() + self.proven.len() >= UNDER_LOAD_AT {
             self.signal_load();
         }
     }
@@ -65,7 +99,11 @@ impl Shard {
     pub(super) fn take_handshakes(&mut self) {
         let (mut costly, mut taken) = (0, 0);
         while costly < HANDSHAKE_BUDGET && taken < HANDSHAKE_TURN {
-            let Some((from, pkt)) = self.handshakes.pop_front() else {
+            let Some((from, pkt)) = self
+                .proven
+                .pop_front()
+                .or_else(|| self.handshakes.pop_front())
+            else {
                 return;
             };
             taken += 1;
@@ -75,14 +113,14 @@ impl Shard {
                 self.counters.handshake_dh += 1;
             }
         }
-        if !self.handshakes.is_empty() {
+        if !self.handshakes.is_empty() || !self.proven.is_empty() {
             self.signal_load();
         }
     }
 
     /// Handshake messages waiting.
     pub fn handshakes_waiting(&self) -> usize {
-        self.handshakes.len()
+        self.handshakes.len() + self.proven.len()
     }
 
     /// Puts the interface under load for the next second.

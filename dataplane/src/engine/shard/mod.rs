@@ -209,6 +209,8 @@ pub struct Shard {
     routes: AllowedIps<PublicKey>,
     /// Handshake messages waiting to be taken in (see `handshake.rs`).
     handshakes: VecDeque<(SocketAddr, Packet)>,
+    /// Those with a valid mac2, served first.
+    proven: VecDeque<(SocketAddr, Packet)>,
     /// Packets waiting for their peer's handshake.
     staged: HashMap<PeerId, VecDeque<Packet>>,
     /// How many, for all peers.
@@ -263,6 +265,7 @@ impl Shard {
             iface: Interface::new_shard(now, wall, s.id, bits, s.cookies),
             routes: AllowedIps::new(),
             handshakes: VecDeque::new(),
+            proven: VecDeque::new(),
             staged: HashMap::new(),
             staged_total: 0,
             batch: Vec::with_capacity(MAX_BATCH),
@@ -385,7 +388,7 @@ impl Shard {
     /// Whether work is left for the next turn (handshake messages beyond
     /// this turn's budget): the shell should not sleep.
     pub fn has_pending(&self) -> bool {
-        !self.handshakes.is_empty()
+        !self.handshakes.is_empty() || !self.proven.is_empty()
     }
 
     /// Whether actions are waiting for [`execute`](Self::execute).

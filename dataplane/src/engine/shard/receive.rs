@@ -246,7 +246,7 @@ impl Shard {
 
     /// Drops a datagram the protocol core refused: counted by reason,
     /// reported with its source.
-    fn refuse(&mut self, from: SocketAddr, reason: Drop, pkt: Packet) {
+    pub(super) fn refuse(&mut self, from: SocketAddr, reason: Drop, pkt: Packet) {
         self.counters.dropped.count(DropReason::from(&reason));
         self.pool.put(pkt.into_inner());
         self.event(Event::Dropped { from, reason });
