@@ -22,8 +22,8 @@
 //! ```
 //!
 //! The flood comes from a thread of this test that enters the attacker's
-//! namespace (`setns` acts on the calling thread only) and sends batches
-//! with `sendmmsg` from 16 addresses and many ports, bounded in time.
+//! namespace (testkit's `Flood`) and sends from 16 addresses and 128 ports,
+//! paced and bounded in time.
 //! Needs root and the tools scripts/test.sh installs;
 //! `COREWIRE_SKIP_NETNS=1` skips.
 
@@ -31,13 +31,10 @@
 
 mod netns;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use blake2::digest::{FixedOutput, KeyInit, Update};
-use blake2::{Blake2s256, Blake2sMac, Digest};
+use corewire_testkit::{Flood, FloodKind};
 use netns::{
     iperf3_client, iperf3_server, unique_ifname, wg, wg_set_private_key, Keypair, Launch, Netns,
     Timed, Veth, WgImpl, WgStart,
@@ -63,126 +60,21 @@ const INITIATION_FLOOD: Duration = Duration::from_secs(14);
 /// bounded queues and pools, see docs/architecture.md, need far less).
 const RSS_LIMIT_KIB: u64 = 512 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Garbage,
-    UnknownIndex,
-    Initiations,
-}
-
-/// xorshift64*: cheap pseudo-random bytes for the flood.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(8) {
-            let r = self.next().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-    }
-}
-
-/// One flood datagram of `kind` into `out`; returns its length. An
-/// initiation carries random key material (its static key does not decrypt)
-/// but a valid mac1 for the hub: BLAKE2s-128 keyed with
-/// BLAKE2s-256("mac1----" || hub public key) over its first 116 bytes.
-fn datagram(kind: Kind, rng: &mut Rng, mac1_key: &[u8; 32], out: &mut [u8; 1500]) -> usize {
-    match kind {
-        Kind::Garbage => {
-            let len = 1 + (rng.next() % 200) as usize;
-            rng.fill(&mut out[..len]);
-            len
-        }
-        Kind::UnknownIndex => {
-            let len = 32 + 16 * (rng.next() % 80) as usize;
-            rng.fill(&mut out[..len]);
-            out[..4].copy_from_slice(&4u32.to_le_bytes());
-            len
-        }
-        Kind::Initiations => {
-            rng.fill(&mut out[..148]);
-            out[..4].copy_from_slice(&1u32.to_le_bytes());
-            let mut m =
-                <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(mac1_key)
-                    .unwrap();
-            m.update(&out[..116]);
-            let mac: [u8; 16] = m.finalize_fixed().into();
-            out[116..132].copy_from_slice(&mac);
-            out[132..148].fill(0);
-            148
-        }
-    }
-}
-
-/// Floods `target` from the attacker namespace for [`FLOOD`] at about
-/// [`RATE`] datagrams a second; returns how many were sent.
-fn flood(ns_name: &str, kind: Kind, target: SocketAddrV4, hub_public: [u8; 32]) -> u64 {
-    let length = duration(kind);
-    let rate = if kind == Kind::Initiations {
-        INITIATION_RATE
+/// The flood of `kind` at the hub's `target`.
+fn flood(kind: FloodKind, target: SocketAddrV4, hub_public: [u8; 32]) -> Flood {
+    let (rate, duration) = if kind == FloodKind::Initiations {
+        (INITIATION_RATE, INITIATION_FLOOD)
     } else {
-        RATE
+        (RATE, FLOOD)
     };
-    let path = format!("/var/run/netns/{ns_name}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let f = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace file we opened.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into {ns_name}");
-            let mac1_key: [u8; 32] = Blake2s256::new()
-                .chain_update(b"mac1----")
-                .chain_update(hub_public)
-                .finalize()
-                .into();
-            // 16 source addresses, 8 sockets each on ephemeral ports.
-            let socks: Vec<UdpSocket> = (0..128)
-                .map(|i| {
-                    let src = Ipv4Addr::new(10, 95, 0, 10 + (i % 16) as u8);
-                    UdpSocket::bind(SocketAddrV4::new(src, 0)).unwrap()
-                })
-                .collect();
-            for s in &socks {
-                s.set_nonblocking(true).unwrap();
-            }
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ kind as u64);
-            let mut buf = [0u8; 1500];
-            let (start, mut sent) = (Instant::now(), 0u64);
-            while start.elapsed() < length {
-                // Pace: send what the rate allows so far, in bursts.
-                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-                if sent >= due {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-                for _ in 0..(due - sent).min(256) {
-                    let len = datagram(kind, &mut rng, &mac1_key, &mut buf);
-                    let sock = &socks[(rng.next() % socks.len() as u64) as usize];
-                    // A full socket buffer drops the datagram: that is fine.
-                    let _ = sock.send_to(&buf[..len], target);
-                    sent += 1;
-                }
-            }
-            sent
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-/// How long a flood of `kind` lasts.
-fn duration(kind: Kind) -> Duration {
-    if kind == Kind::Initiations {
-        INITIATION_FLOOD
-    } else {
-        FLOOD
+    Flood {
+        kind,
+        target,
+        target_public: hub_public,
+        sources: (10..26).map(|i| Ipv4Addr::new(10, 95, 0, i)).collect(),
+        sockets_per_source: 8,
+        rate,
+        duration,
     }
 }
 
@@ -262,11 +154,7 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
     }
     netns::assert_ping(&spoke_ns, "10.0.0.1", 2, Duration::from_secs(10));
     let hub_pid = hub.pid().expect("hub pid");
-    let hub_public: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(&hub_key.public)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let hub_public = hub_key.public_bytes();
     let target = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 1), PORT);
 
     let transfer = |seconds: u32| -> f64 {
@@ -278,14 +166,19 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
     let unflooded = transfer(4);
     eprintln!("[netns] {test}: unflooded {:.0} Mbit/s", unflooded / 1e6);
 
-    for kind in [Kind::Garbage, Kind::UnknownIndex, Kind::Initiations] {
+    for kind in [
+        FloodKind::Garbage,
+        FloodKind::UnknownIndex,
+        FloodKind::Initiations,
+    ] {
+        let spec = flood(kind, target, hub_public);
         let (result, sent, slowest, peak_rss) = std::thread::scope(|s| {
-            let attack = s.spawn(|| flood(att_ns.name(), kind, target, hub_public));
+            let attack = s.spawn(|| spec.run(att_ns.name()));
             let load = s.spawn(|| transfer(5));
             // While the flood runs: wg show answers within 2 s, memory stays
             // bounded; during the initiation flood a new peer connects.
             let (mut slowest, mut peak) = (Duration::ZERO, 0);
-            let newcomer = (kind == Kind::Initiations).then(|| {
+            let newcomer = (kind == FloodKind::Initiations).then(|| {
                 let dev = WgImpl::Corewire.start_with(&att_ns, &new_if, Launch::Foreground);
                 let hub_endpoint = format!("10.95.0.1:{PORT}");
                 wg_set_private_key(
@@ -307,7 +200,7 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
             });
             let start = Instant::now();
             let mut joined = newcomer.is_none();
-            while start.elapsed() < duration(kind) {
+            while start.elapsed() < spec.duration {
                 let t = Instant::now();
                 let out = wg(&hub_ns, &["show", &hub_if, "dump"]);
                 slowest = slowest.max(t.elapsed());
@@ -319,14 +212,19 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
                 if !joined {
                     joined = att_ns
                         .command("ping", &["-c", "1", "-W", "1", "10.0.0.1"])
-                        .status()
-                        .is_ok_and(|st| st.success());
+                        .output()
+                        .is_ok_and(|o| o.status.success());
                 }
                 std::thread::sleep(Duration::from_millis(300));
             }
             assert!(joined, "the new peer did not connect during the flood");
             drop(newcomer);
-            (load.join().unwrap(), attack.join().unwrap(), slowest, peak)
+            (
+                load.join().unwrap(),
+                attack.join().unwrap().unwrap(),
+                slowest,
+                peak,
+            )
         });
         assert!(
             netns::pid_alive(hub_pid),
@@ -342,7 +240,7 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
         );
         eprintln!(
             "[netns] {test}: {kind:?}: {sent} datagrams in {:?}; tunnel kept {:.0}% ({:.0} Mbit/s); slowest wg show {slowest:?}; peak RSS {} MiB",
-            duration(kind),
+            spec.duration,
             100.0 * result / unflooded.max(1.0),
             result / 1e6,
             peak_rss / 1024

@@ -59,6 +59,9 @@ pub enum Error {
     /// iperf3 reported an error, or a report without a receiver's view.
     #[error("iperf3: {0}")]
     Iperf3(String),
+    /// A flood could not be set up (namespace, sockets) or its thread died.
+    #[error("flood: {0}")]
+    Flood(String),
     /// No unused interface name was left for a prefix.
     #[error("no free interface name with prefix {0}")]
     NoFreeName(String),

@@ -33,6 +33,17 @@ impl Keypair {
         }
         Ok(Keypair { private, public })
     }
+
+    /// The public key's 32 bytes (all zero if it is not valid base64 of
+    /// 32 bytes, which `wg pubkey` never prints).
+    pub fn public_bytes(&self) -> [u8; 32] {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(self.public.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 32])
+    }
 }
 
 /// `wg args...` in the namespace; an error unless it succeeds; stdout.

@@ -1,6 +1,6 @@
 //! The cases netbench runs and the metrics each one reports.
 
-use corewire_testkit::Flow;
+use corewire_testkit::{FloodKind, Flow};
 
 /// Which direction of a metric is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,16 +104,25 @@ pub enum Case {
     RttIdle,
     /// Ping-pong RTT while one TCP stream saturates the tunnel.
     RttLoad,
+    /// iperf3 TCP, one stream, while side b's port is flooded with garbage.
+    FloodGarbage,
+    /// The same under transport messages with random receiver indexes.
+    FloodIndex,
+    /// The same under handshake initiations with a valid mac1.
+    FloodInit,
 }
 
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 9] = [
         Case::Tcp1,
         Case::Tcp4,
         Case::Udp1392,
         Case::Udp64,
         Case::RttIdle,
         Case::RttLoad,
+        Case::FloodGarbage,
+        Case::FloodIndex,
+        Case::FloodInit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +133,19 @@ impl Case {
             Case::Udp64 => "udp-64",
             Case::RttIdle => "rtt-idle",
             Case::RttLoad => "rtt-load",
+            Case::FloodGarbage => "flood-garbage",
+            Case::FloodIndex => "flood-index",
+            Case::FloodInit => "flood-init",
+        }
+    }
+
+    /// The flood a flood case sends at side b's WireGuard port.
+    pub fn flood(self) -> Option<FloodKind> {
+        match self {
+            Case::FloodGarbage => Some(FloodKind::Garbage),
+            Case::FloodIndex => Some(FloodKind::UnknownIndex),
+            Case::FloodInit => Some(FloodKind::Initiations),
+            _ => None,
         }
     }
 
@@ -144,13 +166,26 @@ impl Case {
             Case::RttLoad => {
                 "UDP ping-pong (16 B) while iperf3 TCP (1 stream) saturates the tunnel"
             }
+            Case::FloodGarbage => {
+                "iperf3 TCP, 1 stream, while 50,000 garbage datagrams/s hit b's port (compare tcp-1)"
+            }
+            Case::FloodIndex => {
+                "iperf3 TCP, 1 stream, while 50,000 transport messages/s with random indexes hit b's port"
+            }
+            Case::FloodInit => {
+                "iperf3 TCP, 1 stream, while 50,000 valid-mac1 initiations/s hit b's port"
+            }
         }
     }
 
     /// The iperf3 flow of a throughput case (the load of `rtt-load`).
     pub fn flow(self) -> Option<Flow> {
         match self {
-            Case::Tcp1 | Case::RttLoad => Some(Flow::Tcp { streams: 1 }),
+            Case::Tcp1
+            | Case::RttLoad
+            | Case::FloodGarbage
+            | Case::FloodIndex
+            | Case::FloodInit => Some(Flow::Tcp { streams: 1 }),
             Case::Tcp4 => Some(Flow::Tcp { streams: 4 }),
             Case::Udp1392 => Some(Flow::Udp { len: 1392 }),
             Case::Udp64 => Some(Flow::Udp { len: 64 }),
@@ -172,6 +207,7 @@ impl Case {
             Case::Udp64 => &UDP64,
             Case::RttIdle => &RTT_IDLE,
             Case::RttLoad => &RTT_LOAD,
+            Case::FloodGarbage | Case::FloodIndex | Case::FloodInit => &TCP1,
         }
     }
 }

@@ -7,18 +7,19 @@
 //! progress line per measurement goes to stderr.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use corewire_testkit::{signals, Flow, Iperf3Client, Iperf3Result, Iperf3Server, Keypair};
+use corewire_testkit::{signals, Flood, Flow, Iperf3Client, Iperf3Result, Iperf3Server, Keypair};
 
 use super::cases::Case;
 use super::cpu::{self, Noise};
-use super::impls::{Impl, Tunnel};
+use super::impls::{Impl, Tunnel, LISTEN_PORT};
 use super::preflight::Tools;
 use super::rtt::{Pinger, RttStats};
-use super::topology::Topology;
+use super::topology::{Topology, VETH_A, VETH_B};
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct Bench<'a> {
 
 /// How long a fresh tunnel gets to pass its first echo (handshake included).
 const PROBE_LIMIT: Duration = Duration::from_secs(10);
+/// Datagrams per second of the flood cases (as in the hardening issue's
+/// measurements).
+const FLOOD_RATE: u64 = 50_000;
 /// How long an RTT ping waits for its echo before it counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the load of `rtt-load` runs before the pings start.
@@ -175,7 +179,27 @@ impl<'a> Bench<'a> {
             self.settings.seconds,
             &flow.args(),
         )?;
-        let result = client.finish()?.check()?;
+        // A flood case floods b's WireGuard port from side a meanwhile.
+        let flood = case.flood().map(|kind| Flood {
+            kind,
+            target: SocketAddrV4::new(VETH_B, LISTEN_PORT),
+            target_public: self.keys.1.public_bytes(),
+            sources: vec![VETH_A],
+            sockets_per_source: 128,
+            rate: FLOOD_RATE,
+            duration: Duration::from_secs(u64::from(self.settings.seconds)),
+        });
+        let result = std::thread::scope(|s| {
+            let attack = flood
+                .as_ref()
+                .map(|f| s.spawn(|| f.run(self.topo.a.name())));
+            let result = client.finish();
+            if let Some(a) = attack {
+                let _ = a.join();
+            }
+            result
+        })?
+        .check()?;
         let cpu_after = Self::side_cpu(tunnel);
         server.finish(Duration::from_secs(10))?;
         let after = cpu::snapshot(&daemons)?;
