@@ -197,6 +197,21 @@ impl Handoffs for Kernel<'_> {
     }
 }
 
+/// The [`Kernel`] view of a worker's fields (a macro, not a method, so the
+/// borrow leaves the worker's other fields, its shard first, free).
+macro_rules! kernel {
+    ($w:ident) => {
+        Kernel {
+            ring: &mut $w.ring,
+            ops: &mut $w.ops,
+            tun: $w.tun,
+            udp: $w.udp,
+            mailboxes: &$w.mailboxes,
+            to_wake: &mut $w.to_wake,
+        }
+    };
+}
+
 /// A worker's state; lives on its own thread.
 pub struct Worker {
     // The ring is declared first so it is dropped first: the kernel stops
@@ -340,14 +355,7 @@ impl Worker {
     /// picks up the rest; a failed submit, EBUSY with a full completion
     /// queue, is left to it).
     fn execute(&mut self) {
-        let mut io = Kernel {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-            tun: self.tun,
-            udp: self.udp,
-            mailboxes: &self.mailboxes,
-            to_wake: &mut self.to_wake,
-        };
+        let mut io = kernel!(self);
         self.queued += self.shard.execute(&mut io);
         for e in self.shard.events() {
             match e {
@@ -526,14 +534,7 @@ impl Worker {
         if first {
             tracing::info!(%dst, "a GSO send was too large for the path; sending its datagrams one by one");
         }
-        let mut io = Kernel {
-            ring: &mut self.ring,
-            ops: &mut self.ops,
-            tun: self.tun,
-            udp: self.udp,
-            mailboxes: &self.mailboxes,
-            to_wake: &mut self.to_wake,
-        };
+        let mut io = kernel!(self);
         let mut one = Vec::with_capacity(1);
         for pkt in self.resend.drain(..) {
             let len = pkt.len();
