@@ -40,43 +40,6 @@ const UDP_SIZE: usize = 1200;
 /// A transfer that takes longer than this has stalled.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Receives one TCP connection and prints the SHA-256 and length of
-/// everything that came before EOF.
-const TCP_RECEIVER: &str = r#"
-import hashlib, socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-s.settimeout(30)
-c, _ = s.accept()
-c.settimeout(30)
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(h.hexdigest(), n, flush=True)
-"#;
-
-/// Sends `n` seeded pseudo-random bytes over TCP; prints what the receiver
-/// must print.
-const TCP_SENDER: &str = r#"
-import hashlib, random, socket, sys
-data = random.Random(7).randbytes(int(sys.argv[3]))
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-view = memoryview(data)
-for i in range(0, len(data), 1 << 18):
-    c.sendall(view[i:i + (1 << 18)])
-c.shutdown(socket.SHUT_WR)
-c.recv(1)
-print(hashlib.sha256(data).hexdigest(), len(data), flush=True)
-"#;
-
 /// The contents of datagram `seq` after its 4-byte sequence number; the
 /// two UDP scripts below start with it (`size` is their datagram size).
 const UDP_BODY: &str = r#"
@@ -199,44 +162,21 @@ fn tunnel(a_imp: WgImpl, b_imp: WgImpl) -> ((WgDevice, WgDevice, Veth), End, End
 }
 
 /// Waits for a helper script and returns its last line of output.
-fn finish(mut p: Proc, what: &str) -> String {
-    let status = p.wait_exit(TRANSFER_TIMEOUT);
-    let log = p.log();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{what} did not finish within {TRANSFER_TIMEOUT:?} ({status:?}): {log}"
-    );
-    log.lines().last().unwrap_or_default().trim().to_owned()
+fn finish(p: Proc, what: &str) -> String {
+    netns::finish(p, what, TRANSFER_TIMEOUT)
 }
 
 /// Streams [`TCP_BYTES`] from `from` to `to`'s address `dst` and checks
 /// that the receiver got exactly the bytes sent.
 fn tcp_transfer(from: &End, to: &End, dst: &str) {
-    let rx = to.ns.spawn(
-        "python3",
-        &["-c", TCP_RECEIVER, dst, &DATA_PORT.to_string()],
-        &[],
+    netns::tcp_transfer(
+        &from.ns,
+        &to.ns,
+        dst,
+        DATA_PORT,
+        TCP_BYTES,
+        TRANSFER_TIMEOUT,
     );
-    let listening = netns::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        to.ns
-            .exec_ok("ss", &["-Htln", &format!("sport = :{DATA_PORT}")])
-            .contains("LISTEN")
-    });
-    assert!(listening, "the TCP receiver did not start: {}", rx.log());
-    let tx = from.ns.spawn(
-        "python3",
-        &[
-            "-c",
-            TCP_SENDER,
-            dst,
-            &DATA_PORT.to_string(),
-            &TCP_BYTES.to_string(),
-        ],
-        &[],
-    );
-    let sent = finish(tx, "the TCP sender");
-    let got = finish(rx, "the TCP receiver");
-    assert_eq!(got, sent, "TCP to {dst}: received bytes differ from sent");
 }
 
 /// Sends [`UDP_DATAGRAMS`] in `UDP_SEGMENT` bursts from `from` to `to` and

@@ -429,3 +429,85 @@ pub fn iperf3_client(
 ) -> Iperf3Result {
     ok(kit::iperf3_client(ns, server, port, seconds, extra))
 }
+
+// --- Byte-exact TCP transfers ----------------------------------------------
+
+/// Receives one TCP connection and prints the SHA-256 and length of
+/// everything that came before EOF.
+pub const TCP_RECEIVER: &str = r#"
+import hashlib, socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+c.settimeout(30)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print(h.hexdigest(), n, flush=True)
+"#;
+
+/// Sends `n` seeded pseudo-random bytes over TCP; prints what the receiver
+/// must print.
+pub const TCP_SENDER: &str = r#"
+import hashlib, random, socket, sys
+data = random.Random(7).randbytes(int(sys.argv[3]))
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+view = memoryview(data)
+for i in range(0, len(data), 1 << 18):
+    c.sendall(view[i:i + (1 << 18)])
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+print(hashlib.sha256(data).hexdigest(), len(data), flush=True)
+"#;
+
+/// Waits for a helper script for at most `timeout` and returns its last
+/// line of output; panics with its log if it failed or did not finish.
+pub fn finish(mut p: Proc, what: &str, timeout: Duration) -> String {
+    let status = p.wait_exit(timeout);
+    let log = p.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{what} did not finish within {timeout:?} ({status:?}): {log}"
+    );
+    log.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+/// Streams `bytes` seeded pseudo-random bytes over TCP from `from` to
+/// `dst:port` in `to` (python3 on both ends) and checks that the receiver
+/// got exactly the bytes sent (SHA-256 and length).
+pub fn tcp_transfer(
+    from: &Netns,
+    to: &Netns,
+    dst: &str,
+    port: u16,
+    bytes: usize,
+    timeout: Duration,
+) {
+    let rx = to.spawn(
+        "python3",
+        &["-c", TCP_RECEIVER, dst, &port.to_string()],
+        &[],
+    );
+    let listening = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        to.exec_ok("ss", &["-Htln", &format!("sport = :{port}")])
+            .contains("LISTEN")
+    });
+    assert!(listening, "the TCP receiver did not start: {}", rx.log());
+    let tx = from.spawn(
+        "python3",
+        &["-c", TCP_SENDER, dst, &port.to_string(), &bytes.to_string()],
+        &[],
+    );
+    let sent = finish(tx, "the TCP sender", timeout);
+    let got = finish(rx, "the TCP receiver", timeout);
+    assert_eq!(got, sent, "TCP to {dst}: received bytes differ from sent");
+}
