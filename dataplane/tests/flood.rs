@@ -26,7 +26,7 @@ use corewire_dataplane::engine::mem::{Datagram, MemNet};
 use corewire_dataplane::engine::shard::Event;
 use corewire_dataplane::engine::tun::Offload;
 use corewire_dataplane::proto::interface::Interface;
-use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
+use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey, PublicKey};
 use corewire_testkit::packets::ipv4_packet;
 
 const SPOKE: usize = 0;
@@ -34,9 +34,9 @@ const HUB: usize = 1;
 const INITIATIONS: usize = 100_000;
 const SOURCES: usize = 10_000;
 
-fn peer(key: &PrivateKey, endpoint: Option<SocketAddr>, inner: Ipv4Addr) -> Change {
+fn peer(key: PublicKey, endpoint: Option<SocketAddr>, inner: Ipv4Addr) -> Change {
     Change::Peer(PeerConfig {
-        public_key: key.public_key(),
+        public_key: key,
         preshared_key: PresharedKey::default(),
         endpoint,
         persistent_keepalive: 0,
@@ -66,11 +66,6 @@ fn initiation_flood_keeps_data_flowing_and_lets_a_new_peer_in() {
         .unwrap();
     // A newcomer the hub knows, not yet connected.
     let newcomer_key = PrivateKey::generate();
-    let hub_key_of_newcomer = net.devices[HUB].shards()[0]
-        .interface()
-        .private_key()
-        .unwrap()
-        .clone();
     let newcomer_addr: SocketAddr = "192.0.2.3:51820".parse().unwrap();
     let newcomer = net.add(
         newcomer_addr,
@@ -82,12 +77,12 @@ fn initiation_flood_keeps_data_flowing_and_lets_a_new_peer_in() {
     );
     let (newcomer_inner, hub_inner) = (Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(10, 0, 0, 2));
     net.devices[HUB]
-        .apply(vec![peer(&newcomer_key, None, newcomer_inner)])
+        .apply(vec![peer(newcomer_key.public_key(), None, newcomer_inner)])
         .unwrap();
     net.devices[newcomer]
         .apply(vec![
             Change::PrivateKey(Some(newcomer_key)),
-            peer(&hub_key_of_newcomer, Some(hub_addr), hub_inner),
+            peer(hub_public, Some(hub_addr), hub_inner),
         ])
         .unwrap();
 
@@ -182,7 +177,11 @@ fn staging_for_unreachable_peers_is_bounded() {
         .map(|i| {
             let key = PrivateKey::generate();
             let endpoint = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, i as u8)), 51820);
-            peer(&key, Some(endpoint), Ipv4Addr::new(10, 9, 0, i as u8))
+            peer(
+                key.public_key(),
+                Some(endpoint),
+                Ipv4Addr::new(10, 9, 0, i as u8),
+            )
         })
         .collect();
     net.devices[HUB].apply(changes).unwrap();

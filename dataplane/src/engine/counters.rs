@@ -37,8 +37,9 @@ pub struct Counters {
     /// Of those, the ones that cost X25519 work (not answered with a
     /// cookie reply or refused before it).
     pub handshake_dh: u64,
-    /// Times the worker put its interface under load (queue past an eighth,
-    /// or a turn's budget spent with messages left).
+    /// Times the worker's interface went under load (queue past an eighth,
+    /// or a turn's budget spent with messages left); staying under load
+    /// longer does not count again.
     pub under_load_signals: u64,
     /// Datagrams sent again one by one because the kernel refused their
     /// GSO send for its size (a path MTU below the tunnel's datagrams: the

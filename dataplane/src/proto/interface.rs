@@ -446,12 +446,26 @@ impl Interface {
         // session; handshake messages take the general path.
         let result = match messages::transport_receiver(pkt.data()) {
             Some(index) => self.receive_transport(index, src, pkt, now),
-            None => self.receive_inner(src, pkt, now),
+            None => self.receive_inner(src, pkt, now, None),
         };
         match result {
             Ok(r) => r,
             Err(d) => Received::Dropped(d),
         }
+    }
+
+    /// [`Self::receive`] for a handshake message whose MACs the caller
+    /// already checked ([`Self::mac_verdict`]), so they are not computed
+    /// twice.
+    pub fn receive_handshake<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        src: SocketAddr,
+        pkt: &mut PacketBuf<B>,
+        now: Instant,
+        verdict: MacVerdict,
+    ) -> Received {
+        self.receive_inner(src, pkt, now, Some(verdict))
+            .unwrap_or_else(Received::Dropped)
     }
 
     /// A run of transport messages from `src` for receiver `index` (one GRO
@@ -489,16 +503,18 @@ impl Interface {
         (Some(id), confirmed, handshake)
     }
 
-    /// [`Self::receive`] for everything but transport data.
+    /// [`Self::receive`] for everything but transport data; `verdict` is a
+    /// handshake message's MAC check if already done.
     fn receive_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         src: SocketAddr,
         pkt: &mut PacketBuf<B>,
         now: Instant,
+        verdict: Option<MacVerdict>,
     ) -> Result<Received, Drop> {
         match messages::parse(pkt.data())? {
             Message::Initiation(msg) => {
-                if let Some(reply) = self.screen(msg, src, now)? {
+                if let Some(reply) = self.screen(msg, src, now, verdict)? {
                     return Ok(reply);
                 }
                 let identity = self.identity.as_ref().ok_or(Drop::NoIdentity)?;
@@ -518,7 +534,7 @@ impl Interface {
                 })
             }
             Message::Response(msg) => {
-                if let Some(reply) = self.screen(msg, src, now)? {
+                if let Some(reply) = self.screen(msg, src, now, verdict)? {
                     return Ok(reply);
                 }
                 let id = *self
@@ -566,15 +582,17 @@ impl Interface {
     }
 
     /// mac1 always; under load, mac2 or a cookie reply, then the rate limit.
+    /// `verdict` is the MAC check if the caller already did it.
     fn screen<M: MacProtected>(
         &mut self,
         msg: &M,
         src: SocketAddr,
         now: Instant,
+        verdict: Option<MacVerdict>,
     ) -> Result<Option<Received>, Drop> {
         let under_load = self.under_load(now);
         let checker = self.checker.as_mut().ok_or(Drop::NoIdentity)?;
-        match checker.verify(msg, src, now) {
+        match verdict.unwrap_or_else(|| checker.verify(msg, src, now)) {
             MacVerdict::BadMac1 => Err(Drop::BadMac),
             MacVerdict::Mac1Only if under_load => {
                 let mut reply = CookieReply::new_zeroed();

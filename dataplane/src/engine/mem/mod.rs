@@ -55,14 +55,6 @@ pub struct Datagram {
     pub segment: Option<usize>,
 }
 
-impl Datagram {
-    /// The datagrams it carries.
-    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
-        let step = self.segment.unwrap_or(self.payload.len()).max(1);
-        self.payload.chunks(step)
-    }
-}
-
 /// What a device's kernel side saw, for tests that check batching.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IoCounts {
@@ -322,8 +314,6 @@ pub struct MemNet {
     start: (Instant, SystemTime),
     /// Datagrams to an address no device has.
     pub undeliverable: u64,
-    /// Datagrams a filter dropped.
-    pub filtered: u64,
 }
 
 impl MemNet {
@@ -335,7 +325,6 @@ impl MemNet {
             now: start.0,
             start,
             undeliverable: 0,
-            filtered: 0,
         }
     }
 
@@ -348,9 +337,8 @@ impl MemNet {
     }
 
     /// Carries every datagram in flight to its device, and what that
-    /// provokes, until the network is quiet. `keep` decides per datagram
-    /// whether it arrives (a lossy or hostile link).
-    pub fn settle_with(&mut self, mut keep: impl FnMut(&Datagram) -> bool) {
+    /// provokes, until the network is quiet.
+    pub fn settle(&mut self) {
         let now = self.now;
         for _ in 0..SETTLE_ROUNDS {
             for d in &mut self.devices {
@@ -360,10 +348,6 @@ impl MemNet {
             for i in 0..self.devices.len() {
                 while let Some(d) = self.devices[i].sent.pop_front() {
                     moved = true;
-                    if !keep(&d) {
-                        self.filtered += 1;
-                        continue;
-                    }
                     match self.devices.iter().position(|x| x.addr == d.to) {
                         Some(to) => self.devices[to].udp_receive(&d, now),
                         None => self.undeliverable += 1,
@@ -420,11 +404,6 @@ impl MemNet {
         net.settle();
         net.devices[1].delivered.clear();
         net
-    }
-
-    /// [`settle_with`](Self::settle_with) a lossless network.
-    pub fn settle(&mut self) {
-        self.settle_with(|_| true);
     }
 
     /// Lets `dt` pass in steps of `step`: every device's timers run at

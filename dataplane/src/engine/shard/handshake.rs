@@ -26,13 +26,10 @@ use super::Shard;
 use crate::engine::limits::{
     HANDSHAKE_BUDGET, HANDSHAKE_PROVEN, HANDSHAKE_QUEUE, HANDSHAKE_TURN, UNDER_LOAD_AT,
 };
-use crate::engine::pool::{Packet, SMALL_BUF_SIZE};
+use crate::engine::pool::Packet;
 use crate::proto::cookie::MacVerdict;
 use crate::proto::interface::Drop;
-use crate::proto::messages::{
-    HEADROOM, INITIATION_LEN, RESPONSE_LEN, TYPE_INITIATION, TYPE_RESPONSE,
-};
-use crate::proto::session::PacketBuf;
+use crate::proto::messages::{INITIATION_LEN, RESPONSE_LEN, TYPE_INITIATION, TYPE_RESPONSE};
 
 /// Whether `data` is an initiation or a response of the right length: the
 /// messages whose processing costs X25519.
@@ -57,7 +54,7 @@ impl Shard {
             // Under load this gets a cookie reply and no X25519: answered
             // at once, so the queue holds only what costs X25519 and a new
             // peer gets its cookie however full the queue is.
-            self.take_in(from, pkt);
+            self.take_in(from, pkt, verdict);
             return;
         }
         let proven = verdict == Some(MacVerdict::Mac1AndMac2);
@@ -71,22 +68,11 @@ impl Shard {
             self.pool.put(pkt.into_inner());
             return;
         }
-        let pkt = if pkt.buffer().len() > SMALL_BUF_SIZE {
-            let len = pkt.len();
-            let mut small = self.pool.get_for(len);
-            small[HEADROOM..HEADROOM + len].copy_from_slice(pkt.data());
-            self.pool.put(pkt.into_inner());
-            match PacketBuf::new(small, HEADROOM, len) {
-                Some(p) => p,
-                None => return,
-            }
-        } else {
-            pkt
-        };
+        let entry = (from, self.compact(pkt), verdict);
         if proven {
-            self.proven.push_back((from, pkt));
+            self.proven.push_back(entry);
         } else {
-            self.handshakes.push_back((from, pkt));
+            self.handshakes.push_back(entry);
         }
         if self.handshakes.len() + self.proven.len() >= UNDER_LOAD_AT {
             self.signal_load();
@@ -99,7 +85,7 @@ impl Shard {
     pub(super) fn take_handshakes(&mut self) {
         let (mut costly, mut taken) = (0, 0);
         while costly < HANDSHAKE_BUDGET && taken < HANDSHAKE_TURN {
-            let Some((from, pkt)) = self
+            let Some((from, pkt, verdict)) = self
                 .proven
                 .pop_front()
                 .or_else(|| self.handshakes.pop_front())
@@ -108,7 +94,7 @@ impl Shard {
             };
             taken += 1;
             self.counters.handshakes_taken += 1;
-            if self.take_in(from, pkt) {
+            if self.take_in(from, pkt, verdict) {
                 costly += 1;
                 self.counters.handshake_dh += 1;
             }
@@ -123,9 +109,12 @@ impl Shard {
         self.handshakes.len() + self.proven.len()
     }
 
-    /// Puts the interface under load for the next second.
+    /// Puts the interface under load for the next second (counted when it
+    /// was not under load already).
     fn signal_load(&mut self) {
+        if !self.iface.under_load(self.now) {
+            self.counters.under_load_signals += 1;
+        }
         self.iface.signal_load(self.now);
-        self.counters.under_load_signals += 1;
     }
 }

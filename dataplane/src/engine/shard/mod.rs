@@ -46,6 +46,7 @@ use super::owner::worker_bits;
 use super::pool::{Buf, Packet, Pool, SMALL_BUF_SIZE};
 use crate::proto::allowedips::AllowedIps;
 pub use crate::proto::cookie::CookieSeed;
+use crate::proto::cookie::MacVerdict;
 use crate::proto::interface::{Drop, Interface};
 use crate::proto::keys::PublicKey;
 use crate::proto::messages::{HEADROOM, TAILROOM};
@@ -184,6 +185,10 @@ struct Out {
     parts: Vec<(Buf, usize, usize)>,
 }
 
+/// A queued handshake message: its source, the message, and how its MACs
+/// checked out when it arrived (so they are not computed again).
+type Queued = (SocketAddr, Packet, Option<MacVerdict>);
+
 /// Per-packet results of opening a run: the session's, then the
 /// interface's (inner source checked).
 type RunResults = (Vec<Result<usize, PeerError>>, Vec<Result<usize, Drop>>);
@@ -208,9 +213,9 @@ pub struct Shard {
     /// in its interface, not here, so no prefix is stored twice per shard.
     routes: AllowedIps<PublicKey>,
     /// Handshake messages waiting to be taken in (see `handshake.rs`).
-    handshakes: VecDeque<(SocketAddr, Packet)>,
+    handshakes: VecDeque<Queued>,
     /// Those with a valid mac2, served first.
-    proven: VecDeque<(SocketAddr, Packet)>,
+    proven: VecDeque<Queued>,
     /// Packets waiting for their peer's handshake.
     staged: HashMap<PeerId, VecDeque<Packet>>,
     /// How many, for all peers.
@@ -292,11 +297,6 @@ impl Shard {
                 parts: Vec::with_capacity(MAX_SEGMENTS),
             },
         }
-    }
-
-    /// This shard's worker number.
-    pub fn id(&self) -> u32 {
-        self.id
     }
 
     /// The TUN MTU: packets are padded to it and super-packets cut at it.
@@ -389,13 +389,6 @@ impl Shard {
     /// this turn's budget): the shell should not sleep.
     pub fn has_pending(&self) -> bool {
         !self.handshakes.is_empty() || !self.proven.is_empty()
-    }
-
-    /// Whether actions are waiting for [`execute`](Self::execute).
-    pub fn has_actions(&self) -> bool {
-        !self.out.transmits.is_empty()
-            || !self.out.tun_writes.is_empty()
-            || !self.out.handoffs.is_empty()
     }
 
     /// The events since the last call (see [`Event`]).

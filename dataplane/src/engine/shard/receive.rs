@@ -12,6 +12,7 @@ use crate::engine::limits::MAX_RX_BATCH;
 use crate::engine::offload::{self, VNET_HDR_LEN};
 use crate::engine::owner::{owner_of_key, receiver_index};
 use crate::engine::pool::{Buf, Packet};
+use crate::proto::cookie::MacVerdict;
 use crate::proto::interface::{Drop, Received};
 use crate::proto::messages::{transport_receiver, ControlMsg, HEADROOM};
 use crate::proto::peer::PeerId;
@@ -74,23 +75,22 @@ impl Shard {
                 burst.push(pkt);
             }
         }
-        if let Some(first) = PacketBuf::new(buf, start, seg) {
-            burst.insert(0, first);
-        }
-        self.receive_burst(from, &mut burst);
+        let first = PacketBuf::new(buf, start, seg);
+        self.receive_burst(from, first, &mut burst);
         self.gro = burst;
     }
 
-    /// The datagrams of one GRO burst, in order: runs of transport messages
+    /// The datagrams of one GRO burst (`first`, then `rest`, drained), in
+    /// order: runs of transport messages
     /// for one of this shard's sessions are opened together
     /// ([`Interface::receive_transport_run`]: one index lookup, one session
     /// search, timers updated once); anything else one datagram at a time.
     ///
     /// [`Interface::receive_transport_run`]: crate::proto::interface::Interface::receive_transport_run
-    fn receive_burst(&mut self, from: SocketAddr, burst: &mut Vec<Packet>) {
+    fn receive_burst(&mut self, from: SocketAddr, first: Option<Packet>, rest: &mut Vec<Packet>) {
         let mut run = std::mem::take(&mut self.run);
         let mut run_index = None;
-        for pkt in burst.drain(..) {
+        for pkt in first.into_iter().chain(rest.drain(..)) {
             let index = transport_receiver(pkt.data()).filter(|&i| i & self.mask == self.id);
             if index != run_index {
                 if let Some(i) = run_index {
@@ -157,15 +157,23 @@ impl Shard {
         if is_handshake(pkt.data()) {
             self.queue_handshake(from, pkt);
         } else {
-            self.take_in(from, pkt);
+            self.take_in(from, pkt, None);
         }
     }
 
     /// Hands one datagram to the protocol core and acts on the result.
     /// Returns whether that cost X25519 work (a handshake message that got
     /// past mac1, load and rate checks).
-    pub(super) fn take_in(&mut self, from: SocketAddr, mut pkt: Packet) -> bool {
-        let res = self.iface.receive(from, &mut pkt, self.now);
+    pub(super) fn take_in(
+        &mut self,
+        from: SocketAddr,
+        mut pkt: Packet,
+        verdict: Option<MacVerdict>,
+    ) -> bool {
+        let res = match verdict {
+            Some(v) => self.iface.receive_handshake(from, &mut pkt, self.now, v),
+            None => self.iface.receive(from, &mut pkt, self.now),
+        };
         let costly = match &res {
             Received::Reply { peer, .. } => peer.is_some(),
             Received::HandshakeComplete { .. } | Received::Foreign { .. } => true,
