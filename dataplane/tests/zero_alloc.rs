@@ -16,7 +16,7 @@ use corewire_dataplane::proto::keys::PrivateKey;
 use corewire_dataplane::proto::messages::{HEADROOM, TAILROOM};
 use corewire_dataplane::proto::session::PacketBuf;
 use corewire_testkit::alloc::{allocations, counting, CountingAllocator};
-use corewire_testkit::packets::{ipv4_filled, IPV4_HEADER_LEN};
+use corewire_testkit::packets::{ipv4_filled, tcp_tso_read, IPV4_HEADER_LEN};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -92,41 +92,12 @@ fn seal_and_open_allocate_nothing() {
     assert_eq!(allocations(), 0, "the seal/open path allocated");
 }
 
-/// A TUN read as the kernel hands it over with TSO: a virtio-net header
-/// and a TCP/IPv4 super-packet of `payload` bytes cut at `mss`.
+/// A TUN read as the kernel hands it over with TSO: a TCP/IPv4
+/// super-packet of `payload` bytes cut at `mss`.
 fn tso_read(payload: usize, mss: u16) -> Vec<u8> {
-    use corewire_dataplane::engine::offload::virtio::{
-        VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
-    };
-    use corewire_dataplane::engine::offload::VirtioNetHdr;
-    let hdr = VirtioNetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 40,
-        gso_size: mss,
-        csum_start: 20,
-        csum_offset: 16,
-    };
-    let mut read = hdr.to_bytes().to_vec();
-    let mut ip = ipv4(
-        Ipv4Addr::new(10, 0, 0, 1),
-        Ipv4Addr::new(10, 0, 0, 2),
-        40 + payload,
-    );
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = 6; // TCP
-    ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    ip[22..24].copy_from_slice(&5201u16.to_be_bytes());
-    ip[24..28].copy_from_slice(&1u32.to_be_bytes()); // sequence
-    ip[32] = 5 << 4; // data offset
-    ip[33] = 0x10; // ACK
-    ip[34..36].copy_from_slice(&512u16.to_be_bytes()); // window
-    for (i, b) in ip[40..].iter_mut().enumerate() {
-        *b = (i * 7) as u8;
-    }
-    read.extend_from_slice(&ip);
-    read
+    let bytes: Vec<u8> = (0..payload).map(|i| (i * 7) as u8).collect();
+    let (src, dst) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    tcp_tso_read(src.into(), dst.into(), &bytes, mss)
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //! so no payload looks like padding; the IPv4 header checksum is correct.
 //! [`ipv4_filled`] is the plainer variant some tests compare against:
 //! UDP's protocol number, no checksum, every other byte the fill value.
+//! [`tcp_tso_read`] is a TSO super-packet as a TUN read returns it.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// IPv4 header without options.
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -16,6 +17,8 @@ pub const IPV6_HEADER_LEN: usize = 40;
 pub const PROTO_EXPERIMENT: u8 = 253;
 /// UDP's protocol number.
 pub const PROTO_UDP: u8 = 17;
+/// TCP's protocol number.
+pub const PROTO_TCP: u8 = 6;
 const TTL: u8 = 64;
 
 /// An IPv4 packet (header with a correct checksum, identification `seed`)
@@ -63,6 +66,50 @@ pub fn ipv4_filled(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize, fill: u8) -
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
     p
+}
+
+/// A TUN read as the kernel hands it over with TSO: a 10-byte virtio-net
+/// header (`NEEDS_CSUM`, `GSO_TCPV4` or `GSO_TCPV6`, segments of `mss`
+/// payload bytes, little-endian fields) and a TCP super-packet from `src`
+/// to `dst` (ports 40000 -> 5201, ACK, 20-byte header, checksum field 0:
+/// segmentation computes each segment's from the headers) carrying
+/// `payload`.
+pub fn tcp_tso_read(src: IpAddr, dst: IpAddr, payload: &[u8], mss: u16) -> Vec<u8> {
+    const TCP_LEN: usize = 20;
+    let mut tcp = vec![0u8; TCP_LEN];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = ((TCP_LEN / 4) as u8) << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    tcp.extend_from_slice(payload);
+    let (mut ip, gso_type, l3) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (ipv4_packet(s, d, 0, 0), 1u8, IPV4_HEADER_LEN),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (ipv6_packet(s, d, 0, 0), 4u8, IPV6_HEADER_LEN),
+        _ => panic!("mixed address families"),
+    };
+    // The headers above, now for a TCP payload of this length.
+    if l3 == IPV4_HEADER_LEN {
+        let total = u16::try_from(l3 + tcp.len()).expect("fits");
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[6] = 0x40; // DF
+        ip[9] = PROTO_TCP;
+        ip[10..12].fill(0);
+        let sum = ipv4_header_checksum(&ip[..IPV4_HEADER_LEN]);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        ip[4..6].copy_from_slice(&u16::try_from(tcp.len()).expect("fits").to_be_bytes());
+        ip[6] = PROTO_TCP;
+    }
+    let hdr_len = u16::try_from(l3 + TCP_LEN).expect("fits");
+    let mut read = vec![1u8, gso_type]; // NEEDS_CSUM
+    for v in [hdr_len, mss, l3 as u16, 16] {
+        read.extend_from_slice(&v.to_le_bytes());
+    }
+    read.extend_from_slice(&ip);
+    read.extend_from_slice(&tcp);
+    read
 }
 
 /// The Internet checksum of an IPv4 header whose checksum field is 0.

@@ -14,12 +14,10 @@ use std::time::Duration;
 
 use corewire_dataplane::engine::config::Device;
 use corewire_dataplane::engine::mem::MemNet;
-use corewire_dataplane::engine::offload::virtio::{
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-};
-use corewire_dataplane::engine::offload::{checksum, VirtioNetHdr};
+use corewire_dataplane::engine::offload::checksum;
 use corewire_dataplane::engine::tun::Offload;
 use corewire_dataplane::proto::keys::{PrivateKey, PublicKey};
+use corewire_testkit::packets::{ipv4_packet, ipv6_packet, tcp_tso_read};
 
 use super::apply::set_from_text;
 use super::get::render_get;
@@ -33,8 +31,6 @@ const HUB4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SPOKE4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const HUB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const SPOKE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-/// IP protocol for experimentation (RFC 3692): payloads are ours.
-const PROTO_TEST: u8 = 253;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("a socket address")
@@ -74,67 +70,10 @@ fn field(get: &str, after: &str, key: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
 }
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8], proto: u8) -> Vec<u8> {
-    let total = 20 + payload.len();
-    let mut p = vec![0u8; 20];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&u16::try_from(total).expect("fits").to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = proto;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8], proto: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 40];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&u16::try_from(payload.len()).expect("fits").to_be_bytes());
-    p[6] = proto;
-    p[7] = 64;
-    p[8..24].copy_from_slice(&src.octets());
-    p[24..40].copy_from_slice(&dst.octets());
-    p.extend_from_slice(payload);
-    p
-}
-
 fn body(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_add((i % 251) as u8))
         .collect()
-}
-
-/// A TUN read of a TCP super-packet, as the kernel hands it over with TSO:
-/// virtio-net header (GSO, `NEEDS_CSUM`), headers, then `payload`.
-fn tcp_super_packet(src: IpAddr, dst: IpAddr, payload: &[u8], mss: u16) -> Vec<u8> {
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x10; // ACK
-    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    tcp.extend_from_slice(payload);
-    let (pkt, gso_type, l3) = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (ipv4(s, d, &tcp, 6), VIRTIO_NET_HDR_GSO_TCPV4, 20),
-        (IpAddr::V6(s), IpAddr::V6(d)) => (ipv6(s, d, &tcp, 6), VIRTIO_NET_HDR_GSO_TCPV6, 40),
-        _ => panic!("mixed address families"),
-    };
-    let hdr = VirtioNetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type,
-        hdr_len: l3 + 20,
-        gso_size: mss,
-        csum_start: l3,
-        csum_offset: 16,
-    };
-    let mut read = hdr.to_bytes().to_vec();
-    read.extend_from_slice(&pkt);
-    read
 }
 
 /// The TCP payload of `pkt` if its transport checksum is right.
@@ -200,7 +139,7 @@ fn carry(net: &mut MemNet, from: &Node, to: &Node, packet: &[u8]) {
 /// runs and written as coalesced super-packets.
 fn carry_super(net: &mut MemNet, from: &Node, to: &Node, src: IpAddr, dst: IpAddr, seed: u8) {
     let payload = body(60_000, seed);
-    let read = tcp_super_packet(src, dst, &payload, 1360);
+    let read = tcp_tso_read(src, dst, &payload, 1360);
     let (gso_before, super_before) = (
         net.devices[from.dev].counts.udp_gso_sends,
         net.devices[to.dev].counts.tun_super_writes,
@@ -238,30 +177,10 @@ fn two_devices_handshake_carry_roam_and_rekey() {
     assert_ne!(first, "0", "{get}");
 
     // Plain packets, IPv4 and IPv6, both ways.
-    carry(
-        &mut net,
-        &spoke,
-        &hub,
-        &ipv4(SPOKE4, HUB4, &body(100, 1), PROTO_TEST),
-    );
-    carry(
-        &mut net,
-        &hub,
-        &spoke,
-        &ipv4(HUB4, SPOKE4, &body(1400, 2), PROTO_TEST),
-    );
-    carry(
-        &mut net,
-        &spoke,
-        &hub,
-        &ipv6(SPOKE6, HUB6, &body(1380, 3), PROTO_TEST),
-    );
-    carry(
-        &mut net,
-        &hub,
-        &spoke,
-        &ipv6(HUB6, SPOKE6, &body(7, 4), PROTO_TEST),
-    );
+    carry(&mut net, &spoke, &hub, &ipv4_packet(SPOKE4, HUB4, 100, 1));
+    carry(&mut net, &hub, &spoke, &ipv4_packet(HUB4, SPOKE4, 1400, 2));
+    carry(&mut net, &spoke, &hub, &ipv6_packet(SPOKE6, HUB6, 1380, 3));
+    carry(&mut net, &hub, &spoke, &ipv6_packet(HUB6, SPOKE6, 7, 4));
 
     // TSO super-packets split, sealed as GSO runs, coalesced on arrival.
     carry_super(&mut net, &spoke, &hub, SPOKE4.into(), HUB4.into(), 5);
@@ -269,24 +188,14 @@ fn two_devices_handshake_carry_roam_and_rekey() {
 
     // Roaming: the spoke moves; the hub follows its authenticated packets.
     net.devices[spoke.dev].set_addr(addr("198.51.100.8:40001"));
-    carry(
-        &mut net,
-        &spoke,
-        &hub,
-        &ipv4(SPOKE4, HUB4, &body(64, 7), PROTO_TEST),
-    );
+    carry(&mut net, &spoke, &hub, &ipv4_packet(SPOKE4, HUB4, 64, 7));
     let get = hub.get(&mut net);
     assert_eq!(
         field(&get, &spoke_hex, "endpoint").as_deref(),
         Some("198.51.100.8:40001"),
         "{get}"
     );
-    carry(
-        &mut net,
-        &hub,
-        &spoke,
-        &ipv4(HUB4, SPOKE4, &body(64, 8), PROTO_TEST),
-    );
+    carry(&mut net, &hub, &spoke, &ipv4_packet(HUB4, SPOKE4, 64, 8));
 
     // Rekey: after REKEY_AFTER_TIME (120 s) of traffic a new handshake
     // runs, and traffic keeps flowing through it.
@@ -296,13 +205,13 @@ fn two_devices_handshake_carry_roam_and_rekey() {
             &mut net,
             &spoke,
             &hub,
-            &ipv4(SPOKE4, HUB4, &body(200, round), PROTO_TEST),
+            &ipv4_packet(SPOKE4, HUB4, 200, round),
         );
         carry(
             &mut net,
             &hub,
             &spoke,
-            &ipv6(HUB6, SPOKE6, &body(200, round), PROTO_TEST),
+            &ipv6_packet(HUB6, SPOKE6, 200, round),
         );
     }
     let get = hub.get(&mut net);
@@ -372,7 +281,7 @@ fn hundred_thousand_peers_of_which_a_thousand_are_active() {
     // attempt (REKEY_TIMEOUT, 5 s, later).
     let now = net.now;
     for (i, n) in nodes.iter().enumerate() {
-        let p = ipv4(inner(i), HUB4, &body(64, i as u8), PROTO_TEST);
+        let p = ipv4_packet(inner(i), HUB4, 64, i as u8);
         net.devices[n.dev].tun_send(&p, now);
     }
     net.advance(Duration::from_secs(12), Duration::from_millis(100));
@@ -381,7 +290,7 @@ fn hundred_thousand_peers_of_which_a_thousand_are_active() {
     // The hub answers each of them.
     net.devices[hub.dev].delivered.clear();
     for i in 0..ACTIVE {
-        let p = ipv4(HUB4, inner(i), &body(64, i as u8), PROTO_TEST);
+        let p = ipv4_packet(HUB4, inner(i), 64, i as u8);
         net.devices[hub.dev].tun_send(&p, now);
     }
     net.settle();
