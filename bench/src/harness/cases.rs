@@ -139,6 +139,10 @@ impl Case {
         }
     }
 
+    /// Datagrams per second of the flood cases (the rate the hardening
+    /// issue measured at).
+    pub const FLOOD_RATE: u64 = 50_000;
+
     /// The flood a flood case sends at side b's WireGuard port.
     pub fn flood(self) -> Option<FloodKind> {
         match self {
@@ -154,27 +158,28 @@ impl Case {
     }
 
     /// What the case runs, for the report.
-    pub fn describe(self) -> &'static str {
+    pub fn describe(self) -> String {
+        let flood = |what: &str| {
+            format!(
+                "iperf3 TCP, 1 stream, while {} {what}/s hit b's port (compare tcp-1)",
+                Case::FLOOD_RATE
+            )
+        };
         match self {
-            Case::Tcp1 => "iperf3 TCP, 1 stream, a -> b",
-            Case::Tcp4 => "iperf3 TCP, 4 streams (-P 4), a -> b",
-            Case::Udp1392 => "iperf3 UDP -b 0 -l 1392, receiver goodput and loss",
-            Case::Udp64 => "iperf3 UDP -b 0 -l 64, receiver packets per second",
+            Case::Tcp1 => "iperf3 TCP, 1 stream, a -> b".into(),
+            Case::Tcp4 => "iperf3 TCP, 4 streams (-P 4), a -> b".into(),
+            Case::Udp1392 => "iperf3 UDP -b 0 -l 1392, receiver goodput and loss".into(),
+            Case::Udp64 => "iperf3 UDP -b 0 -l 64, receiver packets per second".into(),
             Case::RttIdle => {
                 "UDP ping-pong (16 B), otherwise idle tunnel; also the daemons' CPU during it"
+                    .into()
             }
             Case::RttLoad => {
-                "UDP ping-pong (16 B) while iperf3 TCP (1 stream) saturates the tunnel"
+                "UDP ping-pong (16 B) while iperf3 TCP (1 stream) saturates the tunnel".into()
             }
-            Case::FloodGarbage => {
-                "iperf3 TCP, 1 stream, while 50,000 garbage datagrams/s hit b's port (compare tcp-1)"
-            }
-            Case::FloodIndex => {
-                "iperf3 TCP, 1 stream, while 50,000 transport messages/s with random indexes hit b's port"
-            }
-            Case::FloodInit => {
-                "iperf3 TCP, 1 stream, while 50,000 valid-mac1 initiations/s hit b's port"
-            }
+            Case::FloodGarbage => flood("garbage datagrams"),
+            Case::FloodIndex => flood("transport messages with random receiver indexes"),
+            Case::FloodInit => flood("valid-mac1 initiations"),
         }
     }
 

@@ -57,9 +57,6 @@ pub struct Bench<'a> {
 
 /// How long a fresh tunnel gets to pass its first echo (handshake included).
 const PROBE_LIMIT: Duration = Duration::from_secs(10);
-/// Datagrams per second of the flood cases (as in the hardening issue's
-/// measurements).
-const FLOOD_RATE: u64 = 50_000;
 /// How long an RTT ping waits for its echo before it counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the load of `rtt-load` runs before the pings start.
@@ -186,7 +183,7 @@ impl<'a> Bench<'a> {
             target_public: self.keys.1.public_bytes(),
             sources: vec![VETH_A],
             sockets_per_source: 128,
-            rate: FLOOD_RATE,
+            rate: Case::FLOOD_RATE,
             duration: Duration::from_secs(u64::from(self.settings.seconds)),
         });
         let result = std::thread::scope(|s| {
