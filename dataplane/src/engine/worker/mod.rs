@@ -18,6 +18,10 @@ use std::time::{Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::IoUring;
 
+mod kernel;
+
+use kernel::Kernel;
+
 use super::bufring::BufRing;
 use super::config::{Change, PeerStats};
 use super::counters::{Counters, DropReason};
@@ -27,9 +31,7 @@ use super::limits::{
 };
 use super::ops::{gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
-use super::shard::{
-    CookieSeed, Event, Handoff, Handoffs, Shard, ShardSetup, TunTx, UdpTx, TUN_READ_AT,
-};
+use super::shard::{CookieSeed, Event, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
 use crate::proto::messages::{HEADROOM, TAILROOM};
 
@@ -116,85 +118,6 @@ pub struct Setup {
     pub clock: (Instant, SystemTime),
     /// The device's cookie seed.
     pub cookies: CookieSeed,
-}
-
-/// The kernel side of a worker, as the shard's actions see it: the ring,
-/// the operation slots, the sockets and the other workers' mailboxes.
-struct Kernel<'a> {
-    ring: &'a mut IoUring,
-    ops: &'a mut Ops,
-    tun: RawFd,
-    udp: UdpFds,
-    mailboxes: &'a [Mailbox],
-    to_wake: &'a mut [bool],
-}
-
-impl UdpTx for Kernel<'_> {
-    fn send(&mut self, dst: SocketAddr, segment: usize, pkts: &mut Vec<Packet>) -> bool {
-        let fd = match dst {
-            SocketAddr::V4(_) => self.udp.v4,
-            SocketAddr::V6(_) => match self.udp.v6 {
-                Some(fd) => fd,
-                None => return false,
-            },
-        };
-        if pkts.len() == 1 {
-            let Some(pkt) = pkts.pop() else {
-                return true;
-            };
-            let (start, len) = (pkt.start(), pkt.len());
-            return match self
-                .ops
-                .udp_send(self.ring, fd, pkt.into_inner(), start, len, dst)
-            {
-                Ok(()) => true,
-                Err((_, buf)) => {
-                    // Back to the caller, which counts and recycles it.
-                    pkts.extend(Packet::new(buf, start, len));
-                    false
-                }
-            };
-        }
-        let segment = u16::try_from(segment).unwrap_or(u16::MAX);
-        pkts.len() <= MAX_SEGMENTS
-            && self
-                .ops
-                .udp_send_gso(self.ring, fd, pkts, segment, dst)
-                .is_ok()
-    }
-}
-
-impl TunTx for Kernel<'_> {
-    fn write(&mut self, parts: &mut Vec<(Buf, usize, usize)>) -> bool {
-        if parts.len() == 1 {
-            let Some((buf, start, len)) = parts.pop() else {
-                return true;
-            };
-            return match self.ops.tun_write(self.ring, self.tun, buf, start, len) {
-                Ok(()) => true,
-                Err((_, buf)) => {
-                    parts.push((buf, start, len));
-                    false
-                }
-            };
-        }
-        self.ops.tun_writev(self.ring, self.tun, parts).is_ok()
-    }
-}
-
-impl Handoffs for Kernel<'_> {
-    fn hand(&mut self, to: u32, packet: Handoff) -> Result<(), Handoff> {
-        let Some(mb) = self.mailboxes.get(to as usize) else {
-            return Err(packet);
-        };
-        match mb.packets.try_send(packet) {
-            Ok(()) => {
-                self.to_wake[to as usize] = true;
-                Ok(())
-            }
-            Err(e) => Err(e.into_inner()),
-        }
-    }
 }
 
 /// The [`Kernel`] view of a worker's fields (a macro, not a method, so the
