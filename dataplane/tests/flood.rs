@@ -211,3 +211,86 @@ fn staging_for_unreachable_peers_is_bounded() {
         "every packet beyond the bound is counted"
     );
 }
+
+/// Threat: an initiation for a key the hub does not know costs X25519 to
+/// find that out; if the worker that decrypted it handed it to the worker
+/// that key would belong to, the sender could aim every worker's work at
+/// one worker and make it pay twice. Unknown keys are dropped where they
+/// were decrypted; configured peers of another worker are still handed
+/// over and get in.
+#[test]
+fn unknown_keys_are_dropped_where_decrypted_and_known_ones_handed_over() {
+    use corewire_dataplane::engine::counters::DropReason;
+    const UNKNOWN: usize = 64;
+    let offload = Offload {
+        tso: false,
+        uso: false,
+    };
+    let mut net = MemNet::new();
+    let hub_addr: SocketAddr = "192.0.2.2:51820".parse().unwrap();
+    let hub = net.add(hub_addr, 2, offload);
+    let hub_key = PrivateKey::generate();
+    let hub_public = hub_key.public_key();
+    let hub_inner = Ipv4Addr::new(10, 0, 0, 2);
+    net.devices[hub]
+        .apply(vec![Change::PrivateKey(Some(hub_key))])
+        .unwrap();
+
+    // Initiations from keys nobody configured, from as many sources (so
+    // both workers decrypt some), few enough that the hub stays out of
+    // load and takes each in.
+    let now = net.now;
+    for i in 0..UNKNOWN {
+        let mut attacker = Interface::new(now, std::time::SystemTime::now());
+        attacker.set_private_key(Some(PrivateKey::generate()));
+        let target = attacker.add_peer(hub_public).unwrap();
+        let init = attacker.initiate(target, now).unwrap().as_bytes().to_vec();
+        let d = Datagram {
+            from: source(i),
+            to: hub_addr,
+            payload: init,
+            segment: None,
+        };
+        net.devices[hub].udp_receive(&d, now);
+        net.advance(Duration::from_millis(10), Duration::from_millis(10));
+    }
+    let c = net.devices[hub].counters();
+    assert_eq!(c.under_load_signals, 0, "the hub stayed out of load: {c:?}");
+    assert_eq!(c.dropped.get(DropReason::UnknownPeer), UNKNOWN as u64);
+    assert_eq!(c.handed_udp, 0, "no unknown key was handed over: {c:?}");
+    assert_eq!(c.handshake_dh, UNKNOWN as u64, "each decrypted once");
+
+    // Spokes the hub knows connect until one's initiation reached the
+    // worker that does not own it (each has an even chance): it is handed
+    // over and the spoke's data arrives.
+    let mut handed = false;
+    for i in 0..20u8 {
+        let key = PrivateKey::generate();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + i)), 51820);
+        let inner = Ipv4Addr::new(10, 0, 1, i);
+        let spoke = net.add(addr, 1, offload);
+        net.devices[hub]
+            .apply(vec![peer(key.public_key(), None, inner)])
+            .unwrap();
+        net.devices[spoke]
+            .apply(vec![
+                Change::PrivateKey(Some(key)),
+                peer(hub_public, Some(hub_addr), hub_inner),
+            ])
+            .unwrap();
+        let now = net.now;
+        net.devices[spoke].tun_send(&ipv4_packet(inner, hub_inner, 60, i), now);
+        net.settle();
+        let got = net.devices[hub]
+            .delivered
+            .iter()
+            .filter(|p| p[12..16] == inner.octets())
+            .count();
+        assert_eq!(got, 1, "spoke {i} got in");
+        if net.devices[hub].counters().handed_udp > 0 {
+            handed = true;
+            break;
+        }
+    }
+    assert!(handed, "a known peer's initiation was handed to its owner");
+}

@@ -19,7 +19,7 @@ use super::counters::Counters;
 use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL, MAILBOX};
 use super::owner::worker_bits;
 use super::pool::Depot;
-use super::shard::CookieSeed;
+use super::shard::{CookieSeed, Directory};
 use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
@@ -110,6 +110,7 @@ impl Engine {
         let clock = (Instant::now(), SystemTime::now());
         let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
         let cookies = CookieSeed::generate(clock.0);
+        let directory = Directory::default();
         let mut threads = Vec::with_capacity(n);
         for (i, (inbox, packets)) in inboxes.into_iter().enumerate() {
             let setup = Setup {
@@ -126,6 +127,7 @@ impl Engine {
                 depot: depot.clone(),
                 clock,
                 cookies: cookies.clone(),
+                directory: directory.clone(),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let t = std::thread::Builder::new()

@@ -1,9 +1,73 @@
 //! Which worker owns what: a peer belongs to the worker its public key
 //! names, a session to the worker named by the low bits of its receiver
 //! index. Pure functions of their inputs, shared by the shards and the
-//! socket steering.
+//! socket steering, and the one directory of configured keys that the
+//! shards publish their own peers into.
+
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::proto::keys::PublicKey;
+
+/// The public keys of every configured peer of a device, one copy shared by
+/// all its shards. Each shard publishes the peers it owns as it applies
+/// them and withdraws them as they are removed; the others read it to tell
+/// a decrypted initiation from a configured peer of another worker (handed
+/// to that worker) from one for no peer at all (dropped where it was
+/// decrypted, so a sender cannot choose the worker that repeats the work).
+/// Written only by configuration changes, read only for initiations that
+/// another worker owns.
+#[derive(Clone, Default)]
+pub struct Directory {
+    keys: Arc<RwLock<HashSet<PublicKey>>>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("peers", &self.len())
+            .finish()
+    }
+}
+
+impl Directory {
+    /// Records a peer that its owner holds.
+    pub fn publish(&self, key: PublicKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key);
+    }
+
+    /// Forgets a removed peer.
+    pub fn withdraw(&self, key: &PublicKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Whether some shard holds the peer with `key`.
+    pub fn knows(&self, key: &PublicKey) -> bool {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key)
+    }
+
+    /// How many peers are configured.
+    pub fn len(&self) -> usize {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no peer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Which worker owns the peer with `key`: public keys are uniformly
 /// random, so their first bytes spread peers evenly.
@@ -59,6 +123,19 @@ mod tests {
         m[0] = 1;
         assert_eq!(receiver_index(&m), None);
         assert_eq!(receiver_index(&[4, 0]), None);
+    }
+
+    #[test]
+    fn the_directory_is_shared_by_its_clones() {
+        let a = Directory::default();
+        let b = a.clone();
+        let key = PublicKey::from_bytes([7; 32]);
+        assert!(!b.knows(&key));
+        a.publish(key);
+        assert!(b.knows(&key));
+        assert_eq!(b.len(), 1);
+        b.withdraw(&key);
+        assert!(!a.knows(&key) && a.is_empty());
     }
 
     #[test]

@@ -25,7 +25,9 @@ use corewire_dataplane::engine::config::{Change, PeerConfig};
 use corewire_dataplane::engine::mem::Recorder;
 use corewire_dataplane::engine::offload::VNET_HDR_LEN;
 use corewire_dataplane::engine::pool::Pool;
-use corewire_dataplane::engine::shard::{CookieSeed, Event, Shard, ShardSetup, TUN_READ_AT};
+use corewire_dataplane::engine::shard::{
+    CookieSeed, Directory, Event, Shard, ShardSetup, TUN_READ_AT,
+};
 use corewire_dataplane::proto::handshake::HandshakeError;
 use corewire_dataplane::proto::interface::{Drop, Interface};
 use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
@@ -426,6 +428,7 @@ impl<R: Remote> Pair<R> {
             clock: (now, SystemTime::now()),
             pool: Pool::new(0, 256),
             cookies: CookieSeed::generate(now),
+            directory: Directory::default(),
         });
         shard.set_mtu(MTU);
         shard.set_sockets(cw_addr().port(), true);

@@ -20,7 +20,9 @@ use corewire_dataplane::engine::config::{Change, PeerConfig};
 use corewire_dataplane::engine::mem::Recorder;
 use corewire_dataplane::engine::offload::VNET_HDR_LEN;
 use corewire_dataplane::engine::pool::Pool;
-use corewire_dataplane::engine::shard::{CookieSeed, Event, Shard, ShardSetup, TUN_READ_AT};
+use corewire_dataplane::engine::shard::{
+    CookieSeed, Directory, Event, Shard, ShardSetup, TUN_READ_AT,
+};
 use corewire_dataplane::proto::interface::Interface;
 use corewire_dataplane::proto::keys::{PresharedKey, PrivateKey};
 use corewire_dataplane::proto::peer::PeerId;
@@ -91,6 +93,7 @@ impl Net {
                 clock: (now, wall),
                 pool: Pool::new(0, 256),
                 cookies: CookieSeed::generate(now),
+                directory: Directory::default(),
             });
             shard.set_sockets(addrs[i].port(), true);
             shard.set_mtu(MTU);

@@ -26,7 +26,7 @@ use super::counters::Counters;
 use super::limits::{DEPOT_LARGE, DEPOT_SMALL, POOL_CAP};
 use super::offload::{VirtioNetHdr, VNET_HDR_LEN};
 use super::pool::{Buf, Depot, Pool, BUF_SIZE};
-use super::shard::{CookieSeed, Event, Handoff, Shard, ShardSetup, TUN_READ_AT};
+use super::shard::{CookieSeed, Directory, Event, Handoff, Shard, ShardSetup, TUN_READ_AT};
 use super::tun::Offload;
 use kernel::MemIo;
 
@@ -109,6 +109,7 @@ impl MemDevice {
         let workers = workers.max(1);
         let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
         let cookies = CookieSeed::generate(clock.0);
+        let directory = Directory::default();
         let shards = (0..workers)
             .map(|id| {
                 let mut shard = Shard::new(ShardSetup {
@@ -119,6 +120,7 @@ impl MemDevice {
                     clock,
                     pool: Pool::shared(POOL_CAP, depot.clone()),
                     cookies: cookies.clone(),
+                    directory: directory.clone(),
                 });
                 shard.set_sockets(addr.port(), true);
                 shard

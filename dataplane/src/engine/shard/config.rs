@@ -49,6 +49,7 @@ impl Shard {
                     self.routes.remove_value(*key);
                 }
                 if let Some(id) = self.iface.peer_by_key(key) {
+                    self.directory.withdraw(key);
                     let _ = self.iface.remove_peer(id);
                     self.drop_staged(id, false);
                 }
@@ -68,6 +69,7 @@ impl Shard {
         let Ok(id) = self.iface.add_peer(key) else {
             return;
         };
+        self.directory.publish(key);
         let now = self.now;
         let Some(peer) = self.iface.peer_mut(id) else {
             return;

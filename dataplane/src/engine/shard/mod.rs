@@ -43,6 +43,7 @@ use super::counters::Counters;
 use super::limits::{DEFAULT_MTU, MAX_BATCH, MAX_EVENTS, MAX_RX_BATCH, MAX_SEGMENTS};
 use super::offload::Coalescer;
 use super::owner::worker_bits;
+pub use super::owner::Directory;
 use super::pool::{Buf, Packet, Pool, SMALL_BUF_SIZE};
 use crate::proto::allowedips::AllowedIps;
 pub use crate::proto::cookie::CookieSeed;
@@ -158,6 +159,8 @@ pub struct ShardSetup {
     pub pool: Pool,
     /// The device's cookie seed, the same for all its shards.
     pub cookies: CookieSeed,
+    /// The device's configured keys, the same for all its shards.
+    pub directory: Directory,
 }
 
 /// One UDP send the shard asked for: the next `count` packets of
@@ -212,6 +215,8 @@ pub struct Shard {
     /// worker read for a peer it does not hold. Its own peers' prefixes are
     /// in its interface, not here, so no prefix is stored twice per shard.
     routes: AllowedIps<PublicKey>,
+    /// Every configured peer's key (see `Directory`).
+    directory: Directory,
     /// Handshake messages waiting to be taken in (see `handshake.rs`).
     handshakes: VecDeque<Queued>,
     /// Those with a valid mac2, served first.
@@ -269,6 +274,7 @@ impl Shard {
             pool: s.pool,
             iface: Interface::new_shard(now, wall, s.id, bits, s.cookies),
             routes: AllowedIps::new(),
+            directory: s.directory,
             handshakes: VecDeque::new(),
             proven: VecDeque::new(),
             staged: HashMap::new(),

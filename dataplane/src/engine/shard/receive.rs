@@ -225,8 +225,11 @@ impl Shard {
                 }
             }
             Received::Foreign { key } => {
+                // Handed over only if another worker holds the peer: an
+                // unknown key is dropped here, by the worker that spent the
+                // work on it, never on a worker the sender picked.
                 let owner = owner_of_key(&key, self.workers);
-                if owner != self.id {
+                if owner != self.id && self.directory.knows(&key) {
                     self.push_handoff(owner, Handoff::Udp(from, pkt));
                 } else {
                     self.refuse(from, Drop::UnknownPeer, pkt);

@@ -31,7 +31,7 @@ use super::limits::{
 };
 use super::ops::{gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
-use super::shard::{CookieSeed, Event, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
+use super::shard::{CookieSeed, Directory, Event, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
 use crate::proto::messages::{HEADROOM, TAILROOM};
 
@@ -118,6 +118,8 @@ pub struct Setup {
     pub clock: (Instant, SystemTime),
     /// The device's cookie seed.
     pub cookies: CookieSeed,
+    /// The device's configured keys.
+    pub directory: Directory,
 }
 
 /// The [`Kernel`] view of a worker's fields (a macro, not a method, so the
@@ -192,6 +194,7 @@ impl Worker {
             clock: s.clock,
             pool,
             cookies: s.cookies,
+            directory: s.directory,
         });
         shard.set_sockets(s.udp.port, s.udp.v6.is_some());
         Ok(Self {
