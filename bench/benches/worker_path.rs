@@ -191,7 +191,11 @@ impl RawSeal {
         let mut pool = Pool::new(0, count);
         let bufs = (0..count)
             .map(|_| {
-                let mut b = if large { pool.get() } else { pool.get_for(len) };
+                let mut b = if large {
+                    pool.get().expect("a buffer under the ceiling")
+                } else {
+                    pool.get_for(len).expect("a buffer under the ceiling")
+                };
                 b[HEADROOM..HEADROOM + len].fill(0x5a);
                 b
             })
@@ -232,7 +236,9 @@ impl SplitOnly {
         let mut pool = Pool::new(0, SEGMENTS);
         Self {
             read,
-            bufs: (0..SEGMENTS).map(|_| pool.get_for(MTU)).collect(),
+            bufs: (0..SEGMENTS)
+                .map(|_| pool.get_for(MTU).expect("a buffer under the ceiling"))
+                .collect(),
         }
     }
 
@@ -319,7 +325,7 @@ impl EncryptPath {
     /// Untimed: the kernel's copy of the read into a pool buffer.
     fn prepare(&mut self) {
         let n = self.read.len();
-        let mut buf = self.t.a().pool().get();
+        let mut buf = self.t.a().pool().get().expect("a buffer under the ceiling");
         buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&self.read);
         self.pending = Some(buf);
     }
@@ -339,9 +345,12 @@ impl EncryptPath {
     /// Part: `parse_read` of a plain packet (completes its checksum).
     fn parse_only(&mut self) {
         let n = self.read.len();
-        let buf = self
-            .pending
-            .get_or_insert_with(|| vec![0u8; 70_000].into_boxed_slice());
+        if self.pending.is_none() {
+            self.prepare();
+        }
+        let Some(buf) = self.pending.as_mut() else {
+            return;
+        };
         buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&self.read);
         black_box(parse_read(&mut buf[TUN_READ_AT..TUN_READ_AT + n], MTU).is_ok());
     }
@@ -404,7 +413,7 @@ impl DecryptPath {
         let n = self.read.len();
         let now = self.t.net.now;
         let a = self.t.net.devices[0].shard_mut(0).expect("one worker");
-        let mut buf = a.pool().get();
+        let mut buf = a.pool().get().expect("a buffer under the ceiling");
         buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&self.read);
         a.tun_read(buf, n, now);
         a.flush(now);
@@ -412,7 +421,7 @@ impl DecryptPath {
         let sends = self.sender.capture.as_mut().map(std::mem::take);
         let b = self.t.b();
         for (bytes, segment) in sends.into_iter().flatten() {
-            let mut buf = b.pool().get();
+            let mut buf = b.pool().get().expect("a buffer under the ceiling");
             buf[RECV_AT..RECV_AT + bytes.len()].copy_from_slice(&bytes);
             self.incoming.push(GroRecv {
                 buf,
@@ -455,7 +464,7 @@ impl DecryptPath {
     fn prepare_ring(&mut self) {
         let mut plain = self.plain.iter();
         for &count in &self.runs {
-            let mut buf = self.pool.get();
+            let mut buf = self.pool.get().expect("a buffer under the ceiling");
             let (mut len, mut segment) = (0, 0);
             for p in plain.by_ref().take(count) {
                 let d = &mut buf[RECV_AT + len..RECV_AT + len + p.len() + OVERHEAD];

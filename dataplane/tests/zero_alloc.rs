@@ -151,7 +151,7 @@ fn shard_paths_allocate_nothing() {
     for round in 0..4 {
         // The TUN read is in its buffer before the worker runs.
         let a = net.devices[0].shard_mut(0).unwrap();
-        let mut buf = a.pool().get();
+        let mut buf = a.pool().get().expect("a buffer under the ceiling");
         buf[TUN_READ_AT..TUN_READ_AT + read.len()].copy_from_slice(&read);
         counting(round > 0);
         a.tun_read(buf, read.len(), now);
@@ -159,7 +159,7 @@ fn shard_paths_allocate_nothing() {
         out.execute(a);
         counting(false);
         // The same again, captured, for the receiver (fresh counters).
-        let mut buf = a.pool().get();
+        let mut buf = a.pool().get().expect("a buffer under the ceiling");
         buf[TUN_READ_AT..TUN_READ_AT + read.len()].copy_from_slice(&read);
         a.tun_read(buf, read.len(), now);
         a.flush(now);
@@ -169,7 +169,7 @@ fn shard_paths_allocate_nothing() {
         let bufs: Vec<_> = sends
             .iter()
             .map(|(bytes, _)| {
-                let mut buf = b.pool().get();
+                let mut buf = b.pool().get().expect("a buffer under the ceiling");
                 buf[64..64 + bytes.len()].copy_from_slice(bytes);
                 buf
             })
@@ -188,4 +188,58 @@ fn shard_paths_allocate_nothing() {
         (4, 4 * 64_000usize.div_ceil(1380))
     );
     assert_eq!(allocations(), 0, "the shard's paths allocated");
+}
+
+/// Hostile datagrams cost no allocation: garbage, transport messages with
+/// receiver indexes nobody has, truncated handshake messages, and valid-mac1
+/// initiations that put the hub under load and get cookie replies. Each
+/// is dropped or answered from the pools and the shard's kept capacity.
+#[test]
+fn hostile_datagrams_allocate_nothing() {
+    use corewire_dataplane::engine::limits::UNDER_LOAD_AT;
+    use corewire_dataplane::engine::mem::{MemNet, Sink};
+    use corewire_dataplane::engine::tun::Offload;
+    let mut net = MemNet::pair(Offload {
+        tso: false,
+        uso: false,
+    });
+    let now = net.now;
+    let hub_public = *net.devices[1].shards()[0].interface().public_key().unwrap();
+    let mut attacker = Interface::new(now, SystemTime::now());
+    attacker.set_private_key(Some(PrivateKey::generate()));
+    let target = attacker.add_peer(hub_public).unwrap();
+    let init = attacker.initiate(target, now).unwrap().as_bytes().to_vec();
+    let mut garbage = vec![0xa5u8; 200];
+    garbage[0] = 9;
+    let mut unknown_index = vec![0u8; 96];
+    unknown_index[0] = 4;
+    unknown_index[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    let truncated = init[..100].to_vec();
+    let mut sink = Sink::default();
+    let hub = net.devices[1].shard_mut(0).unwrap();
+    for round in 0..4 {
+        for i in 0..(2 * UNDER_LOAD_AT) {
+            let from = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8)),
+                40_000,
+            );
+            for msg in [&garbage, &unknown_index, &truncated, &init] {
+                let mut buf = hub.pool().get().expect("a buffer under the ceiling");
+                buf[64..64 + msg.len()].copy_from_slice(msg);
+                counting(round > 0);
+                hub.udp_received(from, buf, 64, msg.len(), None, now);
+                counting(false);
+            }
+        }
+        // The queued initiations, past an eighth of the queue, are taken
+        // in when the turn ends.
+        counting(round > 0);
+        hub.flush(now);
+        sink.execute(hub);
+        counting(false);
+    }
+    let c = hub.counters();
+    assert!(c.under_load_signals > 0, "the hub went under load: {c:?}");
+    assert!(sink.datagrams > 0, "cookie replies went out");
+    assert_eq!(allocations(), 0, "hostile datagrams allocated");
 }

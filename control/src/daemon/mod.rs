@@ -10,6 +10,7 @@
 //! socket file is deleted or replaced.
 
 mod detach;
+mod notify;
 mod signals;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -113,8 +114,10 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<bool>
         uapi.path().display()
     );
     ready.ready();
+    notify::ready();
 
     let stop = control_loop(&mut engine, &mut uapi, &mut config, &mut monitor, &signals);
+    notify::stopping();
     drop(uapi);
     match stop {
         Stop::Asked(reason) => {

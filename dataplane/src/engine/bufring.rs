@@ -56,6 +56,16 @@ impl Drop for RingMem {
     }
 }
 
+/// Why a completed receive yields no buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The completion names a buffer id that is not lent (cannot happen
+    /// with a kernel that keeps the protocol).
+    UnknownBuffer,
+    /// The process is at its buffer ceiling: the data was dropped.
+    Ceiling,
+}
+
 /// One buffer group of provided buffers.
 pub struct BufRing {
     mem: RingMem,
@@ -109,7 +119,13 @@ impl BufRing {
             lent: (0..entries).map(|_| None).collect(),
         };
         for bid in 0..entries {
-            r.provide(bid, pool.get());
+            let buf = pool.get().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    "the packet buffer ceiling leaves nothing for a receive ring",
+                )
+            })?;
+            r.provide(bid, buf);
         }
         r.publish();
         Ok(r)
@@ -132,11 +148,25 @@ impl BufRing {
     }
 
     /// Takes back the buffer the kernel filled under `bid`, and lends a
-    /// fresh one from `pool` in its place.
-    pub fn take(&mut self, bid: u16, pool: &mut Pool) -> Option<Buf> {
-        let buf = self.lent.get_mut(usize::from(bid))?.take()?;
-        self.provide(bid, pool.get());
-        Some(buf)
+    /// fresh one from `pool` in its place. At the buffer ceiling the pool
+    /// has none: the filled buffer is lent again (what it holds is
+    /// dropped) and `Refused::Ceiling` says so, so the ring never runs dry.
+    pub fn take(&mut self, bid: u16, pool: &mut Pool) -> Result<Buf, Refused> {
+        let filled = self
+            .lent
+            .get_mut(usize::from(bid))
+            .and_then(Option::take)
+            .ok_or(Refused::UnknownBuffer)?;
+        match pool.get() {
+            Some(fresh) => {
+                self.provide(bid, fresh);
+                Ok(filled)
+            }
+            None => {
+                self.provide(bid, filled);
+                Err(Refused::Ceiling)
+            }
+        }
     }
 
     /// Makes every buffer provided so far visible to the kernel.

@@ -45,6 +45,9 @@ pub struct Counters {
     /// GSO send for its size (a path MTU below the tunnel's datagrams: the
     /// kernel fragments single datagrams, not GSO segments).
     pub gso_resent: u64,
+    /// Packets dropped because the process was at its packet-buffer
+    /// ceiling (see `LARGE_BUFFERS_PER_WORKER`).
+    pub buffers_refused: u64,
 }
 
 impl Counters {
@@ -68,6 +71,7 @@ impl Counters {
         self.handshakes_taken += other.handshakes_taken;
         self.handshake_dh += other.handshake_dh;
         self.under_load_signals += other.under_load_signals;
+        self.buffers_refused += other.buffers_refused;
     }
 }
 

@@ -33,6 +33,11 @@ const SOCKETS_TIMEOUT: Duration = Duration::from_secs(2);
 /// request then fails with ETIMEDOUT rather than answer partial data).
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long starting waits for each worker to set up its ring and buffers
+/// (milliseconds normally) before it gives up and reports the engine
+/// unusable.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -108,10 +113,13 @@ impl Engine {
             Vec::new()
         };
         let clock = (Instant::now(), SystemTime::now());
-        let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
+        let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL, n);
         let cookies = CookieSeed::generate(clock.0);
         let directory = Directory::default();
         let mut threads = Vec::with_capacity(n);
+        // Each worker says whether it could set up (its ring, the io_uring
+        // operations it needs, its buffers) before the engine is ready.
+        let (set_up, setups) = bounded::<Result<(), String>>(n);
         for (i, (inbox, packets)) in inboxes.into_iter().enumerate() {
             let setup = Setup {
                 id: i as u32,
@@ -130,17 +138,20 @@ impl Engine {
                 directory: directory.clone(),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let set_up = set_up.clone();
             let t = std::thread::Builder::new()
                 .name(format!("corewire-w{i}"))
                 .spawn(move || {
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    Worker::new(setup)?.run()
+                    let worker = Worker::new(setup);
+                    let _ = set_up.send(worker.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    worker?.run()
                 })?;
             threads.push(t);
         }
-        Ok(Self {
+        let engine = Self {
             mailboxes,
             wakes,
             threads,
@@ -149,7 +160,18 @@ impl Engine {
             mtu,
             tun,
             steer: opts.steer,
-        })
+        };
+        for _ in 0..n {
+            let failed = match setups.recv_timeout(SETUP_TIMEOUT) {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => "a worker did not finish setting up".to_string(),
+            };
+            // Dropping the engine stops the workers that did start.
+            drop(engine);
+            return Err(std::io::Error::other(failed));
+        }
+        Ok(engine)
     }
 
     /// The TUN device.

@@ -89,3 +89,17 @@ pub const APPLY_CHUNK: usize = 4096;
 /// Timer resolution: WireGuard's shortest timer is REKEY_TIMEOUT (5 s), so
 /// a tenth of a second keeps every rule within its tolerance.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// Large (64 KiB) buffers one worker may have alive: those lent to its
+/// receive rings, its free list, and as many again in flight (reads being
+/// sealed, sends and writes in their slots). About 138 MiB; with the
+/// depot's, the ceiling on large buffers of an engine. At the ceiling a
+/// receive keeps its ring buffer and drops the datagram or read
+/// (`buffers_refused`), so what is alive never grows past it.
+pub const LARGE_BUFFERS_PER_WORKER: usize =
+    UDP_RING as usize + TUN_RING as usize + POOL_CAP + SLOTS;
+/// Small (2 KiB) buffers one worker may have alive: its free list, full
+/// handshake queues, staging and mailbox, and 8192 in flight (segments of
+/// super-packets and GRO bursts in sends and writes). About 33 MiB.
+pub const SMALL_BUFFERS_PER_WORKER: usize =
+    POOL_CAP + HANDSHAKE_QUEUE + HANDSHAKE_PROVEN + STAGED_TOTAL + MAILBOX + 8192;

@@ -17,6 +17,49 @@ use super::limits::MAX_SEGMENTS;
 use super::pool::{Buf, Packet};
 use super::udp::SockAddrBuf;
 
+/// The io_uring operations the engine uses, with the kernel that brought
+/// the last of them (multishot reads, 6.7).
+const NEEDED: [(u8, &str); 8] = [
+    (opcode::RecvMsgMulti::CODE, "RECVMSG (multishot)"),
+    (opcode::ReadMulti::CODE, "READ_MULTISHOT"),
+    (opcode::SendMsg::CODE, "SENDMSG"),
+    (opcode::Write::CODE, "WRITE"),
+    (opcode::Writev::CODE, "WRITEV"),
+    (opcode::Read::CODE, "READ"),
+    (opcode::Timeout::CODE, "TIMEOUT"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+];
+
+/// A ring of `entries` on which every operation the engine needs is
+/// supported; otherwise an error that says what is missing and what to do.
+pub fn ring(entries: u32) -> std::io::Result<IoUring> {
+    let ring = IoUring::new(entries).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "io_uring is not available ({e}): corewire needs io_uring; allow it \
+                 (sysctl kernel.io_uring_disabled=0; a container's seccomp profile, \
+                 such as Docker's default, must allow io_uring_setup, io_uring_enter \
+                 and io_uring_register)"
+            ),
+        )
+    })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot ask the kernel which io_uring operations it has ({e}): Linux 6.7 or newer is needed"),
+        )
+    })?;
+    if let Some((_, name)) = NEEDED.iter().find(|(code, _)| !probe.is_supported(*code)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("the kernel's io_uring lacks {name}: corewire needs Linux 6.7 or newer"),
+        ));
+    }
+    Ok(ring)
+}
+
 /// What a slot's operation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
@@ -333,12 +376,11 @@ impl Ops {
         buf: Buf,
         start: usize,
         len: usize,
-    ) -> Result<(), (OpError, Buf)> {
+    ) -> Result<(), (OpError, Option<Buf>)> {
         self.start(ring, OpKind::TunWrite, Some(buf), |_, buf| {
             let ptr = buf.map_or(std::ptr::null(), |b| b[start..start + len].as_ptr());
             opcode::Write::new(types::Fd(fd), ptr, len as u32).build()
         })
-        .map_err(with_buf)
     }
 
     /// Queues one TUN write of the super-packet made of `parts`, each
@@ -384,7 +426,7 @@ impl Ops {
         start: usize,
         len: usize,
         dst: SocketAddr,
-    ) -> Result<(), (OpError, Buf)> {
+    ) -> Result<(), (OpError, Option<Buf>)> {
         self.start(ring, OpKind::UdpSend, Some(buf), |m, buf| {
             m.addr = SockAddrBuf::from_socket_addr(dst);
             let namelen = m.addr.addr_len();
@@ -393,7 +435,6 @@ impl Ops {
             m.hdr = msghdr_for(&mut m.iov, &mut m.addr, namelen);
             opcode::SendMsg::new(types::Fd(fd), &m.hdr).build()
         })
-        .map_err(with_buf)
     }
 
     /// Queues the packets of `pkts` (drained on success) as one UDP GSO send
@@ -455,11 +496,6 @@ impl Ops {
         })
         .map_err(|(e, _)| e)
     }
-}
-
-/// The buffer-carrying form of a start error (every buffer op passes one).
-fn with_buf((e, buf): (OpError, Option<Buf>)) -> (OpError, Buf) {
-    (e, buf.unwrap_or_default())
 }
 
 /// Attaches a `UDP_SEGMENT` control message with `segment` to `hdr`.

@@ -300,7 +300,7 @@ impl Corewire {
     /// for goes out first.
     pub fn send(&mut self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
         for p in packets {
-            let mut buf = self.shard.pool().get();
+            let mut buf = self.shard.pool().get().expect("a buffer under the ceiling");
             buf[TUN_READ_AT..TUN_READ_AT + VNET_HDR_LEN].fill(0);
             buf[TUN_READ_AT + VNET_HDR_LEN..TUN_READ_AT + VNET_HDR_LEN + p.len()]
                 .copy_from_slice(p);
@@ -319,7 +319,7 @@ impl Corewire {
 
     /// The engine's receive path for one datagram from `src`.
     pub fn receive(&mut self, src: SocketAddr, datagram: &[u8]) -> CwOut {
-        let mut buf = self.shard.pool().get();
+        let mut buf = self.shard.pool().get().expect("a buffer under the ceiling");
         buf[..datagram.len()].copy_from_slice(datagram);
         self.shard
             .udp_received(src, buf, 0, datagram.len(), None, self.now);

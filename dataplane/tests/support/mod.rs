@@ -169,7 +169,7 @@ impl Net {
         let now = self.now;
         let shard = &mut self.nodes[from].shard;
         for p in &packets {
-            let mut buf = shard.pool().get();
+            let mut buf = shard.pool().get().expect("a buffer under the ceiling");
             buf[TUN_READ_AT..TUN_READ_AT + VNET_HDR_LEN].fill(0);
             buf[TUN_READ_AT + VNET_HDR_LEN..TUN_READ_AT + VNET_HDR_LEN + p.len()]
                 .copy_from_slice(p);
@@ -202,7 +202,7 @@ impl Net {
     pub fn receive(&mut self, to: usize, src: SocketAddr, bytes: Vec<u8>) {
         let now = self.now;
         let shard = &mut self.nodes[to].shard;
-        let mut buf = shard.pool().get();
+        let mut buf = shard.pool().get().expect("a buffer under the ceiling");
         buf[..bytes.len()].copy_from_slice(&bytes);
         shard.udp_received(src, buf, 0, bytes.len(), None, now);
         shard.flush(now);

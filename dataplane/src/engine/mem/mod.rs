@@ -107,7 +107,7 @@ impl MemDevice {
         clock: (Instant, SystemTime),
     ) -> Self {
         let workers = workers.max(1);
-        let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL);
+        let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL, workers as usize);
         let cookies = CookieSeed::generate(clock.0);
         let directory = Directory::default();
         let shards = (0..workers)
@@ -187,7 +187,11 @@ impl MemDevice {
         let packet = read.get(VNET_HDR_LEN..).unwrap_or_default();
         let w = hash(packet.get(12..40).unwrap_or(packet)) % self.shards.len();
         let shard = &mut self.shards[w];
-        let mut buf = shard.pool().get();
+        // As a receive ring at the buffer ceiling: dropped and counted.
+        let Some(mut buf) = shard.pool().get() else {
+            shard.counters_mut().buffers_refused += 1;
+            return;
+        };
         let n = read.len().min(BUF_SIZE - TUN_READ_AT);
         buf[TUN_READ_AT..TUN_READ_AT + n].copy_from_slice(&read[..n]);
         shard.tun_read(buf, n, now);
@@ -213,7 +217,10 @@ impl MemDevice {
         let w = hash(&key) % self.shards.len();
         let shard = &mut self.shards[w];
         let len = d.payload.len().min(BUF_SIZE - RECV_AT);
-        let mut buf = shard.pool().get();
+        let Some(mut buf) = shard.pool().get() else {
+            shard.counters_mut().buffers_refused += 1;
+            return;
+        };
         buf[RECV_AT..RECV_AT + len].copy_from_slice(&d.payload[..len]);
         shard.udp_received(d.from, buf, RECV_AT, len, d.segment, now);
         self.execute(w);

@@ -500,7 +500,10 @@ impl Shard {
         if pkt.buffer().len() <= SMALL_BUF_SIZE || len + HEADROOM + TAILROOM > SMALL_BUF_SIZE {
             return pkt;
         }
-        let mut small = self.pool.get_for(len);
+        // At the buffer ceiling the packet stays where it is.
+        let Some(mut small) = self.pool.get_for(len) else {
+            return pkt;
+        };
         small[HEADROOM..HEADROOM + len].copy_from_slice(pkt.data());
         match PacketBuf::new(small, HEADROOM, len) {
             Some(p) => {

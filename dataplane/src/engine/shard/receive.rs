@@ -69,7 +69,10 @@ impl Shard {
         let mut burst = std::mem::take(&mut self.gro);
         for at in (start + seg..start + len).step_by(seg) {
             let part = &buf[at..(at + seg).min(start + len)];
-            let mut out = self.pool.get_for(part.len());
+            let Some(mut out) = self.pool.get_for(part.len()) else {
+                self.counters.buffers_refused += 1;
+                continue;
+            };
             out[HEADROOM..HEADROOM + part.len()].copy_from_slice(part);
             if let Some(pkt) = PacketBuf::new(out, HEADROOM, part.len()) {
                 burst.push(pkt);

@@ -34,7 +34,10 @@ impl Shard {
             }
             Ok(TunRead::Segments(segments)) => {
                 for seg in segments {
-                    let mut out = self.pool.get_for(seg.len());
+                    let Some(mut out) = self.pool.get_for(seg.len()) else {
+                        self.counters.buffers_refused += 1;
+                        continue;
+                    };
                     let end = out.len() - TAILROOM;
                     match seg.write(&mut out[HEADROOM..end]) {
                         Ok(len) => {
@@ -189,7 +192,10 @@ impl Shard {
             }
         };
         let bytes = msg.as_bytes();
-        let mut buf = self.pool.get_for(bytes.len());
+        let Some(mut buf) = self.pool.get_for(bytes.len()) else {
+            self.counters.buffers_refused += 1;
+            return;
+        };
         buf[..bytes.len()].copy_from_slice(bytes);
         if let Some(pkt) = PacketBuf::new(buf, 0, bytes.len()) {
             self.push_transmit(dst, bytes.len(), std::iter::once(pkt));

@@ -45,7 +45,7 @@ impl UdpTx for Kernel<'_> {
                 Ok(()) => true,
                 Err((_, buf)) => {
                     // Back to the caller, which counts and recycles it.
-                    pkts.extend(Packet::new(buf, start, len));
+                    pkts.extend(buf.and_then(|b| Packet::new(b, start, len)));
                     false
                 }
             };
@@ -68,7 +68,7 @@ impl TunTx for Kernel<'_> {
             return match self.ops.tun_write(self.ring, self.tun, buf, start, len) {
                 Ok(()) => true,
                 Err((_, buf)) => {
-                    parts.push((buf, start, len));
+                    parts.extend(buf.map(|b| (b, start, len)));
                     false
                 }
             };

@@ -22,14 +22,14 @@ mod kernel;
 
 use kernel::Kernel;
 
-use super::bufring::BufRing;
+use super::bufring::{BufRing, Refused};
 use super::config::{Change, PeerStats};
 use super::counters::{Counters, DropReason};
 use super::limits::{
     APPLY_CHUNK, MAILBOX_TURN, MAX_SEGMENTS, POOL_CAP, SLOTS, SUBMIT_EVERY, TICK, TUN_RING,
     UDP_RING,
 };
-use super::ops::{gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
+use super::ops::{self, gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
 use super::shard::{CookieSeed, Directory, Event, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
@@ -179,7 +179,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Builds the worker (on its own thread: the ring and slots are not Send).
     pub fn new(s: Setup) -> std::io::Result<Self> {
-        let ring = IoUring::new(2048)?;
+        let ring = ops::ring(2048)?;
         let mut pool = Pool::shared(POOL_CAP, s.depot);
         let udp_bufs = BufRing::new(&ring, UDP_GROUP, UDP_RING, 0, BUF_SIZE as u32, &mut pool)?;
         // A read is at most the virtio-net header and a 64 KiB packet; the
@@ -297,6 +297,24 @@ impl Worker {
         }
     }
 
+    /// The buffer a receive filled under `bid` in `group`, or `None` if
+    /// there is none to replace it with (the data is dropped and counted).
+    fn take_buffer(&mut self, bid: u16, group: u16) -> Option<Buf> {
+        let ring = if group == TUN_GROUP {
+            &mut self.tun_bufs
+        } else {
+            &mut self.udp_bufs
+        };
+        match ring.take(bid, self.shard.pool()) {
+            Ok(buf) => Some(buf),
+            Err(Refused::Ceiling) => {
+                self.shard.counters_mut().buffers_refused += 1;
+                None
+            }
+            Err(Refused::UnknownBuffer) => None,
+        }
+    }
+
     fn arm_tun_read(&mut self) {
         if self
             .ops
@@ -354,9 +372,7 @@ impl Worker {
         }
         match done.kind {
             OpKind::TunReadMulti => {
-                let buf = done
-                    .bid
-                    .and_then(|b| self.tun_bufs.take(b, self.shard.pool()));
+                let buf = done.bid.and_then(|b| self.take_buffer(b, TUN_GROUP));
                 if let Some(buf) = buf {
                     match usize::try_from(result) {
                         Ok(n) if n > 0 => {
@@ -375,9 +391,7 @@ impl Worker {
                 if !current && !done.more {
                     self.old_receive_ended();
                 }
-                let buf = done
-                    .bid
-                    .and_then(|b| self.udp_bufs.take(b, self.shard.pool()));
+                let buf = done.bid.and_then(|b| self.take_buffer(b, UDP_GROUP));
                 if let Some(buf) = buf {
                     match usize::try_from(result) {
                         Ok(n) if current && n > 0 => {
