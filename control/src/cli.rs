@@ -66,11 +66,11 @@ pub struct DaemonArgs {
     pub foreground: bool,
 
     /// Number of worker threads, default one per core.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "COREWIRE_THREADS")]
     pub threads: Option<NonZeroUsize>,
 
     /// Pin worker i to core i. For a machine that runs this one interface and little else: two pinned instances on one machine cannot move their busy workers apart.
-    #[arg(long)]
+    #[arg(long, env = "COREWIRE_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub pin: bool,
 
     /// Do not steer datagrams to their worker in the kernel (reuseport socket filter); workers then hand them over.
@@ -84,6 +84,23 @@ pub struct DaemonArgs {
     /// Interface to create and serve.
     #[arg(value_name = "IFNAME", required = true)]
     pub ifname: Option<String>,
+
+    /// Anything after the interface name: refused with a message (one
+    /// process serves one interface).
+    #[arg(hide = true, num_args = 0..)]
+    pub extra: Vec<String>,
+}
+
+impl DaemonArgs {
+    /// What is wrong with the arguments that the parser lets through.
+    pub fn problem(&self) -> Option<String> {
+        let ifname = self.ifname.as_deref()?;
+        let more = self.extra.first()?;
+        Some(format!(
+            "one corewire process serves one interface: got {ifname:?} and {more:?}; \
+             start one corewire per interface (wg-quick does, one per config)"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +136,18 @@ mod tests {
         assert_eq!(cli.daemon.ifname.as_deref(), Some("wg0"));
         // Unpinned unless asked.
         assert!(!Cli::try_parse_from(["corewire", "wg0"]).unwrap().daemon.pin);
+    }
+
+    #[test]
+    fn a_second_interface_name_is_explained() {
+        let cli = Cli::try_parse_from(["corewire", "wg0", "wg1"]).unwrap();
+        let why = cli.daemon.problem().unwrap();
+        assert!(
+            why.contains("one corewire process serves one interface"),
+            "{why}"
+        );
+        let cli = Cli::try_parse_from(["corewire", "wg0", "-f"]).unwrap();
+        assert!(cli.daemon.foreground && cli.daemon.problem().is_none());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
         eprintln!("corewire: no interface name given (usage: corewire [-f] IFNAME)");
         return std::process::ExitCode::FAILURE;
     };
+    if let Some(problem) = args.problem() {
+        eprintln!("corewire: {problem}");
+        return std::process::ExitCode::FAILURE;
+    }
     let mut ready = if args.foreground {
         Readiness::foreground()
     } else {
