@@ -167,8 +167,13 @@ impl Engine {
                 Ok(Err(e)) => e,
                 Err(_) => "a worker did not finish setting up".to_string(),
             };
-            // Dropping the engine stops the workers that did start.
-            drop(engine);
+            // The workers that did start stop; the failure is reported
+            // once, by the caller, not again per worker.
+            let mut engine = engine;
+            engine.broadcast(|| Msg::Stop);
+            for t in engine.threads.drain(..) {
+                let _ = t.join();
+            }
             return Err(std::io::Error::other(failed));
         }
         Ok(engine)
