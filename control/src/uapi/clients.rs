@@ -8,9 +8,13 @@
 //! - `get` replies (readers) are written a part at a time while the client
 //!   reads; the engine's stats are taken once for all the `get`s that start
 //!   together.
-//! - One `set` at a time holds the set turn from its `set=1` line to its
-//!   reply (its transaction is computed over a configuration nobody else may
-//!   change); later `set`s queue in arrival order, their bodies unread.
+//! - A `set`'s body is first read into its connection's read buffer; once
+//!   it is all there (or fills the buffer: a bulk body), the `set` queues
+//!   for the set turn in arrival order. One `set` at a time holds the turn
+//!   until its reply (its transaction is computed over a configuration
+//!   nobody else may change), so a client that stalls in the middle of a
+//!   small `set` holds no turn and delays nobody; only a bulk body is
+//!   streamed while it holds the turn, under its deadline.
 //! - A complete `set` executes once no `get` reply is in progress, and no
 //!   new `get` starts while it waits, so a reply never mixes two
 //!   configurations and a stream of `get`s cannot starve a `set`.
@@ -131,12 +135,8 @@ impl Clients {
     }
 
     fn drive_all(&mut self, config: &DeviceConfig, now: Instant) {
-        let mut set_free = !self
-            .conns
-            .iter()
-            .any(|c| c.state.holds_set() || matches!(c.state, State::SetQueued { .. }));
         for c in &mut self.conns {
-            c.drive(config, &mut set_free, &mut self.ticket, now);
+            c.drive(config, &mut self.ticket, now);
         }
     }
 
@@ -178,7 +178,10 @@ impl Clients {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| match c.state {
-                    State::SetQueued { ticket } if !c.dead => Some((ticket, i)),
+                    State::SetQueued {
+                        ticket,
+                        complete: true,
+                    } if !c.dead => Some((ticket, i)),
                     _ => None,
                 })
                 .min();

@@ -42,9 +42,11 @@ pub enum State {
     GetWaiting,
     /// Writing a `get` reply, one part at a time.
     Getting(GetReply),
-    /// Read `set=1` while another `set` is open; its body stays unread
-    /// until its turn (`ticket` orders the queue).
-    SetQueued { ticket: u64 },
+    /// Read `set=1`; its body is read into the read buffer until it is
+    /// all there (or fills the buffer: a bulk body, streamed once its turn
+    /// comes), then it waits for the set turn. `ticket` orders the queue;
+    /// a client still sending its body holds no turn and delays nobody.
+    SetQueued { ticket: u64, complete: bool },
     /// The open `set`: its body is being read into the transaction.
     Set {
         /// `None` after an error: the rest of the body is read and dropped.
@@ -60,7 +62,7 @@ impl State {
     pub fn is_waiting(&self) -> bool {
         matches!(
             self,
-            State::GetWaiting | State::SetQueued { .. } | State::SetReady(_)
+            State::GetWaiting | State::SetQueued { complete: true, .. } | State::SetReady(_)
         )
     }
 
@@ -205,16 +207,9 @@ impl Conn {
         }
     }
 
-    /// Does all the work possible without waiting. `set_free`: no other
-    /// connection holds or waits for the `set` turn (taken here by a new
-    /// `set=1`); `ticket`: the next queue number for a `set` that must wait.
-    pub fn drive(
-        &mut self,
-        config: &DeviceConfig,
-        set_free: &mut bool,
-        ticket: &mut u64,
-        now: Instant,
-    ) {
+    /// Does all the work possible without waiting. `ticket`: the last
+    /// queue number given to a `set`.
+    pub fn drive(&mut self, config: &DeviceConfig, ticket: &mut u64, now: Instant) {
         let mut budget = READ_BUDGET;
         while !self.dead {
             if !self.flush() {
@@ -236,6 +231,10 @@ impl Conn {
                     continue;
                 }
                 s if s.is_waiting() => return,
+                State::SetQueued { .. } => {
+                    self.gather(now);
+                    return;
+                }
                 _ => {}
             }
             if matches!(self.state, State::Idle) {
@@ -249,7 +248,7 @@ impl Conn {
                 }
             }
             match self.next_line() {
-                Line::Complete(a, b) => self.on_line(a, b, config, set_free, ticket, now),
+                Line::Complete(a, b) => self.on_line(a, b, config, ticket, now),
                 Line::TooLong => self.on_too_long(),
                 Line::NeedMore => {
                     if self.check_size() {
@@ -276,6 +275,51 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Reads a queued `set`'s body into the read buffer until it is
+    /// there, then lets the set wait for its turn (its deadline paused).
+    fn gather(&mut self, now: Instant) {
+        loop {
+            if self.body_buffered() {
+                if let State::SetQueued { complete, .. } = &mut self.state {
+                    *complete = true;
+                }
+                self.waiting_since = Some(now);
+                return;
+            }
+            if self.start > 0 {
+                self.rbuf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match (&self.stream).read(&mut self.rbuf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.end += n;
+                    self.credit(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a queued `set` can take its turn: its body's empty line is
+    /// in the read buffer, or the body fills the buffer (then it is
+    /// streamed), or the client closed (then it is answered as cut off).
+    fn body_buffered(&self) -> bool {
+        let body = &self.rbuf[self.start..self.end];
+        self.eof
+            || (self.start == 0 && self.end == self.rbuf.len())
+            || body.starts_with(b"\n")
+            || body.starts_with(b"\r\n")
+            || body.windows(2).any(|w| w == b"\n\n")
+            || body.windows(3).any(|w| w == b"\n\r\n")
     }
 
     /// Sends what it can; false when the connection is broken.
@@ -371,7 +415,6 @@ impl Conn {
         a: usize,
         b: usize,
         config: &DeviceConfig,
-        set_free: &mut bool,
         ticket: &mut u64,
         now: Instant,
     ) {
@@ -385,16 +428,11 @@ impl Conn {
                 b"get=1" => next = Some(State::GetHeader),
                 b"set=1" => {
                     self.request_bytes = 0;
-                    if *set_free {
-                        *set_free = false;
-                        next = Some(State::Set {
-                            txn: Some(Transaction::new()),
-                            error: None,
-                        });
-                    } else {
-                        *ticket += 1;
-                        next = Some(State::SetQueued { ticket: *ticket });
-                    }
+                    *ticket += 1;
+                    next = Some(State::SetQueued {
+                        ticket: *ticket,
+                        complete: false,
+                    });
                 }
                 // wireguard-go: "invalid UAPI operation", connection closed.
                 _ => self.dead = true,

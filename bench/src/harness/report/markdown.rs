@@ -128,7 +128,7 @@ pub fn render(report: &Report<'_>, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "- machine: {} × {}, {:.1} GiB RAM, kernel {}",
+        "- machine: {} vCPUs ({}), {:.1} GiB RAM, kernel {}",
         m.nproc, m.cpu_model, m.mem_total_gib, m.kernel
     );
     for (name, version, path) in &m.tools {

@@ -163,7 +163,7 @@ pub fn render(report: &Report<'_>, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        r#"<text x="{:.1}" y="22" font-size="15" font-weight="bold" text-anchor="middle">netbench: {} × {}, kernel {} — medians of {} run(s) × {} s, whiskers min–max</text>"#,
+        r#"<text x="{:.1}" y="22" font-size="15" font-weight="bold" text-anchor="middle">netbench: {} vCPUs ({}), kernel {} — medians of {} run(s) × {} s, whiskers min–max</text>"#,
         width / 2.0,
         report.machine.nproc,
         escape(&report.machine.cpu_model),
