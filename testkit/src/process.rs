@@ -264,7 +264,12 @@ mod tests {
             || p.log().contains("started")
         ));
         assert!(p.is_running() && pid_alive(pid));
-        assert!(cmdline(pid).iter().any(|a| a == "30"));
+        // The shell prints before it execs sleep: wait for the exec.
+        assert!(crate::wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || cmdline(pid).iter().any(|a| a == "30")
+        ));
         let status = p.stop();
         assert!(status.is_some_and(|s| !s.success()));
         drop(p);
