@@ -8,8 +8,10 @@
 #                              #   ip netns exec cwdemo-hub wg show)
 #   scripts/demo.sh --clean    # remove what --keep (or a killed run) left
 #
-# Needs root on Linux (Debian) with Rust from rustup; installs wireguard-tools,
-# iperf3, iproute2 and iputils-ping with apt when missing. Everything lives in
+# Needs root on Linux (Debian) with Rust from rustup; installs what it needs
+# with apt when missing (scripts/install-deps.sh demo: clang-19, libbpf-dev
+# and linux-libc-dev for the eBPF programs, wireguard-tools, iperf3,
+# iproute2, iputils-ping). Everything lives in
 # namespaces named cwdemo-*, interfaces cwdemo-*, sockets
 # /var/run/wireguard/cwdemo-*.sock and configs in /run/cwdemo (all removed at
 # the end; /run/cwdemo.lock, empty, keeps two runs apart); nothing is sent to
@@ -46,7 +48,6 @@ HUB_PORT=51820
 PING_COUNT=10
 IPERF_SECONDS=5
 IPERF_PORT=5201
-APT_PACKAGES=(wireguard-tools iperf3 iproute2 iputils-ping)
 
 KEEP=0
 CLEAN_ONLY=0
@@ -163,19 +164,8 @@ fi
 
 # --- 1. Dependencies and build ----------------------------------------------
 
-step "Debian packages: ${APT_PACKAGES[*]}"
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    grep -q 'install ok installed' <<<"$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    info "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # No recommends: wireguard-tools would otherwise pull in a kernel image.
-    apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
-fi
-info "all installed"
+step "Dependencies (scripts/install-deps.sh demo)"
+"$ROOT/scripts/install-deps.sh" demo | sed 's/^/  /'
 
 step "Building corewire (release)"
 [[ -d $HOME/.cargo/bin ]] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -4,8 +4,9 @@
 #
 #   scripts/test.sh
 #
-# 1. installs what the tests need, quickly when already installed:
-#    Debian packages (APT_PACKAGES) and cargo tools into ./.tools (CARGO_TOOLS);
+# 1. installs what the build and the tests need, quickly when already
+#    installed (scripts/install-deps.sh tests: Debian packages, and cargo
+#    tools into ./.tools);
 # 2. cargo test --workspace, then the in-memory device tests again as an
 #    unprivileged user (they must need no root);
 # 3. runs every fuzz target (`cargo fuzz list`) for FUZZ_SECONDS (default 30)
@@ -18,27 +19,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-
-# Debian packages the tests need. Add to this list as tests grow. Installed
-# without recommends: wireguard-tools would otherwise pull in a kernel image.
-# The network-namespace tests (control/tests/netns/, run as root) use all of them.
-APT_PACKAGES=(
-    wireguard-tools # `wg` (keys.rs compares against it byte for byte) and `wg-quick`
-    wireguard-go    # reference userspace peer; wg-quick's default userspace fallback
-    iperf3          # throughput through the tunnel (`iperf3 -J`)
-    iproute2        # `ip netns`, veth pairs, addresses, routes; `ss`
-    iputils-ping    # `ping` over IPv4 and IPv6
-)
-
-# Cargo tools installed into ./.tools with `cargo install --locked`, as
-# "crate version binary". Pinned so that every machine runs the same tool;
-# "binary --version" must print the version (that is how an install is found).
-# Build times on a 2-core machine: boringtun-cli ~50 s, gotatun-cli ~2 min 10 s.
-CARGO_TOOLS=(
-    "cargo-fuzz 0.13.2 cargo-fuzz"
-    "boringtun-cli 0.7.1 boringtun-cli" # independent peer (Cloudflare); prints "boringtun 0.7.1"
-    "gotatun-cli 0.10.2 gotatun"        # independent peer (Mullvad, boringtun fork)
-)
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 TOOLS="$ROOT/.tools"
@@ -58,37 +38,8 @@ elapsed() { echo "$(($(date +%s) - $1))s"; }
 
 # --- 1. Dependencies -------------------------------------------------------
 
-step "Debian packages: ${APT_PACKAGES[*]}"
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    if ! grep -q 'install ok installed' <<<"$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)"; then
-        missing+=("$pkg")
-    fi
-done
-if ((${#missing[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "missing Debian packages: ${missing[*]}; run as root," \
-        "or install them with: sudo apt-get install --no-install-recommends ${missing[*]}"
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # No recommends: wireguard-tools would otherwise pull in a kernel image.
-    apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}"
-else
-    echo "all installed"
-fi
-
-step "Cargo tools in .tools/bin"
-for entry in "${CARGO_TOOLS[@]}"; do
-    read -r crate version bin <<<"$entry"
-    if [[ -x "$TOOLS/bin/$bin" ]] && grep -qwF "$version" <<<"$("$TOOLS/bin/$bin" --version 2>/dev/null)"; then
-        echo "$crate $version: installed"
-    else
-        echo "$crate $version: installing (cargo builds it from source: minutes)"
-        t=$(date +%s)
-        cargo install --quiet --root "$TOOLS" --locked "$crate" --version "=$version"
-        echo "$crate $version: installed in $(elapsed "$t")"
-    fi
-done
+step "Dependencies (scripts/install-deps.sh tests)"
+scripts/install-deps.sh tests
 
 echo "toolchain: $(rustc --version)"
 
