@@ -2,8 +2,11 @@
 //!
 //! Two forms share one parser:
 //! - key tools, byte-compatible with `wg genkey`, `wg pubkey` and `wg genpsk`;
-//! - the daemon, `corewire [-f|--foreground] [--threads N] [--pin] [--no-ebpf] IFNAME`,
-//!   in the manner of `wireguard-go`.
+//! - the daemon, `corewire [-f|--foreground] [--threads N] [--pin]
+//!   [--steering ebpf|classic|off] [--xdp IFACE] IFNAME`, in the manner of
+//!   `wireguard-go`. The steering and XDP choices also come from the
+//!   environment (`COREWIRE_STEERING`, `COREWIRE_XDP`), which is how
+//!   wg-quick users set them.
 
 use std::num::NonZeroUsize;
 
@@ -73,9 +76,23 @@ pub struct DaemonArgs {
     #[arg(long, env = "COREWIRE_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub pin: bool,
 
-    /// Do not steer datagrams to their worker in the kernel (reuseport socket filter); workers then hand them over.
-    #[arg(long)]
+    /// How packets are put on the worker that owns their peer: `ebpf` (datagrams and TUN packets, falling back to `classic` for datagrams where the kernel refuses eBPF), `classic` (a classic-BPF reuseport filter for datagrams only), `off` (none). What is not steered is handed between workers.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        env = "COREWIRE_STEERING",
+        default_value = "ebpf"
+    )]
+    pub steering: Steering,
+
+    /// The old spelling of `--steering off`.
+    #[arg(long, hide = true, conflicts_with = "steering")]
     pub no_ebpf: bool,
+
+    /// Guard uplink IFACE with an XDP program that drops malformed and unknown-session datagrams to corewire's port before the stack sees them (native XDP where the driver has it, generic otherwise).
+    #[arg(long, value_name = "IFACE", env = "COREWIRE_XDP")]
+    pub xdp: Option<String>,
 
     /// More log output (-v debug, -vv trace); overrides LOG_LEVEL.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -100,6 +117,28 @@ impl DaemonArgs {
             "one corewire process serves one interface: got {ifname:?} and {more:?}; \
              start one corewire per interface (wg-quick does, one per config)"
         ))
+    }
+}
+
+/// `--steering`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steering {
+    /// eBPF for datagrams and TUN packets (classic filter as the fallback).
+    Ebpf,
+    /// The classic-BPF reuseport filter for datagrams only.
+    Classic,
+    /// No kernel steering.
+    Off,
+}
+
+impl DaemonArgs {
+    /// The steering asked for, `--no-ebpf` included.
+    pub fn steering(&self) -> Steering {
+        if self.no_ebpf {
+            Steering::Off
+        } else {
+            self.steering
+        }
     }
 }
 
@@ -131,11 +170,20 @@ mod tests {
         assert!(cli.command.is_none());
         assert!(cli.daemon.foreground);
         assert_eq!(cli.daemon.threads.map(NonZeroUsize::get), Some(4));
-        assert!(cli.daemon.no_ebpf);
+        assert_eq!(cli.daemon.steering(), Steering::Off);
         assert!(cli.daemon.pin);
         assert_eq!(cli.daemon.ifname.as_deref(), Some("wg0"));
         // Unpinned unless asked.
         assert!(!Cli::try_parse_from(["corewire", "wg0"]).unwrap().daemon.pin);
+        let cli =
+            Cli::try_parse_from(["corewire", "--steering", "classic", "--xdp", "eth0", "wg0"])
+                .unwrap();
+        assert_eq!(cli.daemon.steering(), Steering::Classic);
+        assert_eq!(cli.daemon.xdp.as_deref(), Some("eth0"));
+        assert!(Cli::try_parse_from(["corewire", "--steering", "sideways", "wg0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["corewire", "--steering", "ebpf", "--no-ebpf", "wg0"]).is_err()
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The daemon: `corewire [-f] [--threads N] [--pin] [--no-ebpf] IFNAME`.
+//! The daemon: `corewire [-f] [--threads N] [--pin] [--steering MODE] [--xdp IFACE] IFNAME`.
 //!
 //! Startup order matters. We fork first (while single-threaded), block the
 //! termination signals (so worker threads inherit the mask), create the TUN
@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use corewire_dataplane::engine::device::{Engine, EngineOptions};
 use corewire_dataplane::engine::netlink::{LinkEvent, LinkMonitor};
+use corewire_dataplane::engine::steer::SteeringMode;
 use corewire_dataplane::engine::tun::Tun;
 
-use crate::cli::DaemonArgs;
+use crate::cli::{DaemonArgs, Steering};
 use crate::config::DeviceConfig;
 use crate::uapi::server::{poll, UapiServer, SOCKET_DIR};
 use detach::Readiness;
@@ -105,7 +106,12 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<bool>
     let opts = EngineOptions {
         threads,
         pin: args.pin,
-        steer: !args.no_ebpf,
+        steering: match args.steering() {
+            Steering::Ebpf => SteeringMode::Ebpf,
+            Steering::Classic => SteeringMode::Classic,
+            Steering::Off => SteeringMode::Off,
+        },
+        xdp: args.xdp.clone(),
     };
     let mut engine = Engine::start(tun, &opts).context("starting the workers")?;
     let mut uapi = UapiServer::bind(Path::new(SOCKET_DIR), ifname)
@@ -189,8 +195,14 @@ fn control_loop(
             return Stop::Failed(format!("poll failed: {e}"));
         }
         if fds[1].revents != 0 {
-            if let Some(sig) = signals.take() {
-                return Stop::Asked(format!("signal {sig}"));
+            match signals.take() {
+                // Until `corewire stats` reads them: one line, key=value.
+                Some(libc::SIGUSR1) => match engine.steering_stats() {
+                    Ok(s) => tracing::info!("steering counters: {s}"),
+                    Err(e) => tracing::warn!("steering counters: {e}"),
+                },
+                Some(sig) => return Stop::Asked(format!("signal {sig}")),
+                None => {}
             }
         }
         if fds[0].revents != 0 {

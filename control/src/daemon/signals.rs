@@ -1,18 +1,19 @@
-//! SIGINT, SIGTERM and SIGHUP as a file descriptor the control loop polls.
+//! SIGINT, SIGTERM and SIGHUP (stop) and SIGUSR1 (log the steering
+//! counters) as a file descriptor the control loop polls.
 //!
 //! The signals are blocked before any worker thread starts, so every thread
 //! inherits the mask and only the signalfd ever sees them.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// A signalfd for the termination signals.
+/// A signalfd for the termination signals and SIGUSR1.
 #[derive(Debug)]
 pub struct Signals {
     fd: OwnedFd,
 }
 
 impl Signals {
-    /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it
+    /// Blocks SIGINT, SIGTERM, SIGHUP and SIGUSR1 in this thread (and the threads it
     /// will start) and opens a signalfd for them.
     pub fn block() -> std::io::Result<Self> {
         // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -20,7 +21,7 @@ impl Signals {
         // SAFETY: the set is valid; these calls only touch it and our mask.
         let fd = unsafe {
             libc::sigemptyset(&mut set);
-            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
                 libc::sigaddset(&mut set, s);
             }
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {

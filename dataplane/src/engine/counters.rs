@@ -48,6 +48,9 @@ pub struct Counters {
     /// Packets dropped because the process was at its packet-buffer
     /// ceiling (see `LARGE_BUFFERS_PER_WORKER`).
     pub buffers_refused: u64,
+    /// Live receiver indexes the XDP guard's map refused (full): datagrams
+    /// for them are dropped on the uplink.
+    pub live_index_refused: u64,
 }
 
 impl Counters {
@@ -72,6 +75,7 @@ impl Counters {
         self.handshake_dh += other.handshake_dh;
         self.under_load_signals += other.under_load_signals;
         self.buffers_refused += other.buffers_refused;
+        self.live_index_refused += other.live_index_refused;
     }
 }
 

@@ -17,9 +17,10 @@ use crossbeam_channel::{bounded, unbounded};
 use super::config::{ApplyError, Change, Device, DeviceStats};
 use super::counters::Counters;
 use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL, MAILBOX};
-use super::owner::worker_bits;
 use super::pool::Depot;
+use super::routes::Routes;
 use super::shard::{CookieSeed, Directory};
+use super::steer::{Steering, SteeringMode, SteeringStats, UdpSteeringKind};
 use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
@@ -46,9 +47,11 @@ pub struct EngineOptions {
     /// Pin each worker to its own core (worker i to core i). Off by
     /// default: see `docs/operations.md`.
     pub pin: bool,
-    /// Steer datagrams to their owner's socket in the kernel
-    /// ([`steer`](super::steer)); without it the workers hand them over.
-    pub steer: bool,
+    /// How packets are steered to their owner's worker in the kernel
+    /// ([`steer`](super::steer)); what is not steered is handed over.
+    pub steering: SteeringMode,
+    /// The uplink interface to guard with XDP, if any.
+    pub xdp: Option<String>,
 }
 
 /// The running data plane.
@@ -61,18 +64,9 @@ pub struct Engine {
     gen: u32,
     mtu: Arc<AtomicU32>,
     tun: Tun,
-    steer: bool,
-}
-
-/// Attaches the steering filter when asked to and useful; a kernel that
-/// refuses it costs handoffs, not correctness, so that is only logged.
-fn steer(udp: &UdpGroup, workers: usize, wanted: bool) {
-    if !wanted || workers < 2 {
-        return;
-    }
-    if let Err(e) = udp.steer_to_owners(worker_bits(workers as u32)) {
-        tracing::warn!(error = %e, "cannot steer datagrams to their workers; they are handed over instead");
-    }
+    steering: Steering,
+    /// Every peer's prefixes, published to the workers.
+    routes: Routes,
 }
 
 fn eventfd() -> std::io::Result<OwnedFd> {
@@ -90,7 +84,8 @@ impl Engine {
     pub fn start(tun: Tun, opts: &EngineOptions) -> std::io::Result<Self> {
         let n = tun.queue_fds().len().min(opts.threads.max(1));
         let udp = UdpGroup::bind(0, n, 0).map_err(std::io::Error::other)?;
-        steer(&udp, n, opts.steer);
+        let mut steering = Steering::start(opts.steering, n as u32, &tun, opts.xdp.as_deref());
+        steering.attach_udp(&udp);
         let mtu = Arc::new(AtomicU32::new(tun.mtu().unwrap_or(DEFAULT_MTU)));
         let wakes = (0..n)
             .map(|_| eventfd())
@@ -116,6 +111,7 @@ impl Engine {
         let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL, n);
         let cookies = CookieSeed::generate(clock.0);
         let directory = Directory::default();
+        let routes = Routes::new();
         let mut threads = Vec::with_capacity(n);
         // Each worker says whether it could set up (its ring, the io_uring
         // operations it needs, its buffers) before the engine is ready.
@@ -136,6 +132,8 @@ impl Engine {
                 clock,
                 cookies: cookies.clone(),
                 directory: directory.clone(),
+                live: steering.live_indexes(),
+                routes: routes.shared(),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let set_up = set_up.clone();
@@ -159,7 +157,8 @@ impl Engine {
             gen: 0,
             mtu,
             tun,
-            steer: opts.steer,
+            steering,
+            routes,
         };
         for _ in 0..n {
             let failed = match setups.recv_timeout(SETUP_TIMEOUT) {
@@ -187,6 +186,39 @@ impl Engine {
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.mailboxes.len()
+    }
+
+    /// What steering did so far: the programs' counters and each worker's
+    /// handoffs. Asks every worker (between batches, like stats).
+    pub fn steering_stats(&self) -> Result<SteeringStats, ApplyError> {
+        let mut stats = self.steering.stats();
+        let (tx, rx) = bounded(self.workers());
+        self.broadcast(|| Msg::Counters(tx.clone()));
+        let deadline = Instant::now() + STATS_TIMEOUT;
+        let mut counters = vec![Counters::default(); self.workers()];
+        for _ in 0..self.workers() {
+            match rx.recv_deadline(deadline) {
+                Ok((i, c)) => {
+                    if let Some(slot) = counters.get_mut(i as usize) {
+                        *slot = c;
+                    }
+                }
+                Err(_) => return Err(ApplyError::Io(libc::ETIMEDOUT)),
+            }
+        }
+        stats.handed_tun = counters.iter().map(|c| c.handed_tun).collect();
+        stats.handed_udp = counters.iter().map(|c| c.handed_udp).collect();
+        Ok(stats)
+    }
+
+    /// How datagrams are steered now.
+    pub fn udp_steering(&self) -> UdpSteeringKind {
+        self.steering.udp_kind()
+    }
+
+    /// Whether TUN packets are steered by `steer_tun`.
+    pub fn tun_steered(&self) -> bool {
+        self.steering.tun_steered()
     }
 
     /// Tells the workers the TUN MTU changed (they pad to it).
@@ -221,7 +253,7 @@ impl Engine {
         }
         let n = self.workers();
         let new = UdpGroup::bind(port, n, self.udp.fwmark())?;
-        steer(&new, n, self.steer);
+        self.steering.attach_udp(&new);
         self.gen += 1;
         let (ack_tx, ack_rx) = bounded(n);
         for (i, mb) in self.mailboxes.iter().enumerate() {
@@ -293,6 +325,15 @@ impl Device for Engine {
                 }
                 _ => {}
             }
+        }
+        let steering = &mut self.steering;
+        // The shared table first: a worker that applies the change finds
+        // its peers' routes there already. One worker owns every peer and
+        // needs no table.
+        if self.mailboxes.len() > 1 {
+            self.routes.apply(&changes, |addr, len, owner| {
+                steering.route_moved(addr, len, owner)
+            });
         }
         let changes = Arc::new(changes);
         let (ack_tx, ack_rx) = bounded(self.workers());

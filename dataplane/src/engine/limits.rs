@@ -86,6 +86,16 @@ pub const SUBMIT_EVERY: usize = 64;
 /// Configuration changes applied per loop turn, so a bulk load (a million
 /// peers) is spread over loop turns and packets keep flowing meanwhile.
 pub const APPLY_CHUNK: usize = 4096;
+/// Prefixes per address family the TUN steering tries hold (eBPF LPM
+/// tries, allocated per entry, so a cap rather than memory taken up front:
+/// a million peers with a /32 and a /128 each fit). Beyond it a prefix is
+/// not steered: its packets are handed over, and the refusal is counted.
+pub const STEER_ROUTES: u32 = 1 << 21;
+/// Receiver indexes the XDP guard's map of live indexes holds (allocated
+/// per entry). A worker holds at most a handshake and three sessions per
+/// active peer; a refused index is counted, and datagrams for it are
+/// dropped by the guard, so this is far above what a million peers use.
+pub const XDP_LIVE_INDEXES: u32 = 1 << 22;
 /// Timer resolution: WireGuard's shortest timer is REKEY_TIMEOUT (5 s), so
 /// a tenth of a second keeps every rule within its tolerance.
 pub const TICK: Duration = Duration::from_millis(100);

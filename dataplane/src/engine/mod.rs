@@ -17,6 +17,7 @@ pub mod offload;
 mod ops;
 pub mod owner;
 pub mod pool;
+pub mod routes;
 pub mod shard;
 pub mod steer;
 mod sys;

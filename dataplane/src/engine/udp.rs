@@ -147,14 +147,14 @@ impl UdpGroup {
         Ok(group)
     }
 
-    /// Attaches the steering filter ([`steer`](super::steer)) to each
+    /// Attaches the classic steering filter ([`classic`](super::steer::classic)) to each
     /// family's reuseport group, so that each datagram reaches the socket of
     /// the worker named by the low `bits` bits of its receiver index. Only
     /// useful with more than one socket per family; does nothing otherwise.
     pub fn steer_to_owners(&self, bits: u8) -> io::Result<()> {
         for family in [&self.v4, &self.v6] {
             if let (Some(first), true) = (family.first(), family.len() > 1) {
-                super::steer::attach(first.as_fd(), bits)?;
+                super::steer::classic::attach(first.as_fd(), bits)?;
             }
         }
         Ok(())

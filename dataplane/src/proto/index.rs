@@ -45,10 +45,26 @@ fn worker_mask(worker_bits: u8) -> u32 {
     (1u32 << worker_bits.min(MAX_WORKER_BITS)) - 1
 }
 
+/// An index that became live or was freed, for a mirror of the table
+/// outside it (the XDP guard's map of live indexes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexChange {
+    /// Allocated.
+    Added(u32),
+    /// Freed.
+    Removed(u32),
+}
+
 /// Table of live receiver indexes, each naming a `T` (a session or handshake).
 pub struct IndexTable<T, R = ChaCha12Rng> {
     /// Live indexes; random keys, so a fast non-DoS-resistant hash is fine.
     map: HashMap<u32, T, FoldState>,
+    /// Changes since the owner last took them, when it asked for them
+    /// ([`record_changes`](Self::record_changes)). Bounded by what happens
+    /// between two takes: allocations come from handshakes, which a worker
+    /// takes in with a budget per turn, and frees from those and from
+    /// configuration changes, applied a chunk per turn.
+    changes: Option<Vec<IndexChange>>,
     /// Number of low index bits that name the owning worker.
     worker_bits: u8,
     /// Source of the random index bits.
@@ -75,6 +91,7 @@ impl<T, R: RngCore> IndexTable<T, R> {
         debug_assert!(worker_bits <= MAX_WORKER_BITS, "worker_bits {worker_bits}");
         Self {
             map: HashMap::with_hasher(FoldState::default()),
+            changes: None,
             worker_bits: worker_bits.min(MAX_WORKER_BITS),
             rng,
         }
@@ -121,6 +138,7 @@ impl<T, R: RngCore> IndexTable<T, R> {
             candidate = (self.rng.next_u32() & !mask) | low;
             if let Entry::Vacant(e) = self.map.entry(candidate) {
                 e.insert(value);
+                self.record(IndexChange::Added(candidate));
                 return Ok(candidate);
             }
         }
@@ -132,6 +150,7 @@ impl<T, R: RngCore> IndexTable<T, R> {
             candidate = candidate.wrapping_add(stride);
             if let Entry::Vacant(e) = self.map.entry(candidate) {
                 e.insert(value);
+                self.record(IndexChange::Added(candidate));
                 return Ok(candidate);
             }
         }
@@ -152,7 +171,27 @@ impl<T, R: RngCore> IndexTable<T, R> {
 
     /// Frees `index`, returning its value; the index may be drawn again later.
     pub fn remove(&mut self, index: u32) -> Option<T> {
-        self.map.remove(&index)
+        let value = self.map.remove(&index)?;
+        self.record(IndexChange::Removed(index));
+        Some(value)
+    }
+
+    /// Starts (or stops) recording allocations and frees for
+    /// [`take_changes`](Self::take_changes). Starting records every index
+    /// already live as added, so a mirror starts complete.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = on.then(|| self.map.keys().map(|&i| IndexChange::Added(i)).collect());
+    }
+
+    /// The changes recorded since the last call, oldest first.
+    pub fn take_changes(&mut self) -> impl Iterator<Item = IndexChange> + '_ {
+        self.changes.iter_mut().flat_map(|c| c.drain(..))
+    }
+
+    fn record(&mut self, change: IndexChange) {
+        if let Some(c) = &mut self.changes {
+            c.push(change);
+        }
     }
 
     /// Number of live indexes.
@@ -183,6 +222,30 @@ mod tests {
     // Explicit, because proptest's prelude exports a newer `RngCore` too.
     use rand_core::RngCore;
     use std::collections::{HashMap as StdMap, HashSet};
+
+    #[test]
+    fn recorded_changes_mirror_the_table() {
+        let mut t: IndexTable<u8> = IndexTable::new(2);
+        let before = t.allocate(1, 0);
+        assert_eq!(t.take_changes().count(), 0, "not recording yet");
+        t.record_changes(true);
+        let a = t.allocate(1, 1);
+        t.remove(before);
+        t.remove(12345 << 2 | 3); // not live: no change
+        let got: Vec<_> = t.take_changes().collect();
+        assert_eq!(
+            got,
+            vec![
+                IndexChange::Added(before),
+                IndexChange::Added(a),
+                IndexChange::Removed(before)
+            ]
+        );
+        assert_eq!(t.take_changes().count(), 0);
+        t.record_changes(false);
+        t.remove(a);
+        assert_eq!(t.take_changes().count(), 0);
+    }
 
     /// A deliberately bad generator: cycles through a handful of values, so
     /// collisions and the fallback scan are exercised.

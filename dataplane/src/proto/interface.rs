@@ -287,6 +287,12 @@ impl Interface {
         self.peers.iter().flatten()
     }
 
+    /// The receiver indexes of this interface's handshakes and sessions
+    /// (a mirror outside may record their changes).
+    pub fn indexes_mut(&mut self) -> &mut IndexTable<PeerId> {
+        &mut self.indexes
+    }
+
     /// Number of peers.
     pub fn peer_count(&self) -> usize {
         self.by_key.len()

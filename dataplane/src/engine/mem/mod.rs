@@ -26,6 +26,7 @@ use super::counters::Counters;
 use super::limits::{DEPOT_LARGE, DEPOT_SMALL, POOL_CAP};
 use super::offload::{VirtioNetHdr, VNET_HDR_LEN};
 use super::pool::{Buf, Depot, Pool, BUF_SIZE};
+use super::routes::Routes;
 use super::shard::{CookieSeed, Directory, Event, Handoff, Shard, ShardSetup, TUN_READ_AT};
 use super::tun::Offload;
 use kernel::MemIo;
@@ -76,6 +77,8 @@ pub struct MemDevice {
     shards: Vec<Shard>,
     /// Packets handed over to each shard, not yet taken in.
     inboxes: Vec<VecDeque<Handoff>>,
+    /// Every peer's prefixes, shared by the shards (as the engine does).
+    routes: Routes,
     addr: SocketAddr,
     /// The latest time it was given (configuration changes happen then).
     now: Instant,
@@ -110,6 +113,7 @@ impl MemDevice {
         let depot = Depot::new(DEPOT_LARGE, DEPOT_SMALL, workers as usize);
         let cookies = CookieSeed::generate(clock.0);
         let directory = Directory::default();
+        let routes = Routes::new();
         let shards = (0..workers)
             .map(|id| {
                 let mut shard = Shard::new(ShardSetup {
@@ -123,12 +127,14 @@ impl MemDevice {
                     directory: directory.clone(),
                 });
                 shard.set_sockets(addr.port(), true);
+                shard.set_routes(Some(routes.shared()));
                 shard
             })
             .collect();
         Self {
             shards,
             inboxes: (0..workers).map(|_| VecDeque::new()).collect(),
+            routes,
             addr,
             now: clock.0,
             sent: VecDeque::new(),
@@ -297,6 +303,9 @@ impl Device for MemDevice {
                     self.set_addr(addr);
                 }
             }
+        }
+        if self.shards.len() > 1 {
+            self.routes.apply(&changes, |_, _, _| {});
         }
         for w in 0..self.shards.len() {
             self.shards[w].apply(&changes, now);

@@ -29,7 +29,8 @@ impl Shard {
     }
 
     /// Applies configuration changes in order. Every shard gets every
-    /// change: it keeps the peers it owns and the routes of the others.
+    /// change and keeps the peers it owns (the routes of all peers are the
+    /// engine's shared table, see [`set_routes`](Shard::set_routes)).
     pub fn apply(&mut self, changes: &[Change], now: Instant) {
         self.now = now;
         self.flush_batch();
@@ -45,9 +46,6 @@ impl Shard {
             Change::ListenPort(_) | Change::Fwmark(_) => {}
             Change::Peer(cfg) => self.apply_peer(cfg),
             Change::RemovePeer(key) => {
-                if self.workers > 1 {
-                    self.routes.remove_value(*key);
-                }
                 if let Some(id) = self.iface.peer_by_key(key) {
                     self.directory.withdraw(key);
                     let _ = self.iface.remove_peer(id);
@@ -60,10 +58,6 @@ impl Shard {
     fn apply_peer(&mut self, cfg: &PeerConfig) {
         let key = cfg.public_key;
         if owner_of_key(&key, self.workers) != self.id {
-            self.routes.remove_value(key);
-            for &(addr, cidr) in &cfg.allowed_ips {
-                let _ = self.routes.insert(addr, cidr, key);
-            }
             return;
         }
         let Ok(id) = self.iface.add_peer(key) else {

@@ -45,11 +45,10 @@ use super::offload::Coalescer;
 use super::owner::worker_bits;
 pub use super::owner::Directory;
 use super::pool::{Buf, Packet, Pool, SMALL_BUF_SIZE};
-use crate::proto::allowedips::AllowedIps;
+use super::routes::SharedRoutes;
 pub use crate::proto::cookie::CookieSeed;
 use crate::proto::cookie::MacVerdict;
 use crate::proto::interface::{Drop, Interface};
-use crate::proto::keys::PublicKey;
 use crate::proto::messages::{HEADROOM, TAILROOM};
 use crate::proto::peer::{PeerError, PeerId, TickOutcome};
 use crate::proto::session::PacketBuf;
@@ -210,11 +209,11 @@ pub struct Shard {
     now: Instant,
     pool: Pool,
     iface: Interface,
-    /// Destination prefix -> peer for the peers of the other workers (only
-    /// with more than one worker): finds the owner of a TUN packet this
-    /// worker read for a peer it does not hold. Its own peers' prefixes are
-    /// in its interface, not here, so no prefix is stored twice per shard.
-    routes: AllowedIps<PublicKey>,
+    /// Every peer's prefixes, shared by all workers and kept by the engine
+    /// ([`routes`](super::routes)); only with more than one worker: finds
+    /// the owner of a TUN packet this worker read for a peer it does not
+    /// hold.
+    routes: Option<SharedRoutes>,
     /// Every configured peer's key (see `Directory`).
     directory: Directory,
     /// Handshake messages waiting to be taken in (see `handshake.rs`).
@@ -273,7 +272,7 @@ impl Shard {
             now,
             pool: s.pool,
             iface: Interface::new_shard(now, wall, s.id, bits, s.cookies),
-            routes: AllowedIps::new(),
+            routes: None,
             directory: s.directory,
             handshakes: VecDeque::new(),
             proven: VecDeque::new(),
@@ -308,6 +307,14 @@ impl Shard {
     /// The TUN MTU: packets are padded to it and super-packets cut at it.
     pub fn set_mtu(&mut self, mtu: usize) {
         self.mtu = mtu;
+    }
+
+    /// The engine's routing table of every peer (see
+    /// [`routes`](super::routes)); a shard of a single worker needs none.
+    pub fn set_routes(&mut self, routes: Option<SharedRoutes>) {
+        if self.workers > 1 {
+            self.routes = routes;
+        }
     }
 
     /// The sockets the shell sends from: their port, and whether an IPv6
@@ -409,6 +416,11 @@ impl Shard {
             .into_iter()
             .flatten()
             .map(|p| p.data())
+    }
+
+    /// This shard's worker number.
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// What this shard counted.

@@ -10,6 +10,7 @@ use crate::engine::limits::{MAX_BATCH, MAX_GSO_BYTES, MAX_SEGMENTS, MAX_STAGED, 
 use crate::engine::offload::{self, TunRead, VNET_HDR_LEN};
 use crate::engine::owner::owner_of_key;
 use crate::engine::pool::{Buf, Packet};
+use crate::engine::routes;
 use crate::proto::messages::{ControlMsg, HEADROOM, TAILROOM};
 use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
@@ -84,21 +85,22 @@ impl Shard {
             self.pool.put(pkt.into_inner());
             return;
         };
-        // Longest match over this shard's peers and, with several workers,
-        // over the other workers' peers (a tie goes to this shard: the
-        // control plane never gives one prefix to two peers, so a tie is
-        // only a change still being applied).
-        let local = self.iface.route_with_len(dst);
-        if self.workers > 1 && !handed {
-            if let Some((key, len)) = self.routes.lookup_with_len(dst) {
-                if local.is_none_or(|(_, l)| len > l) {
-                    let owner = owner_of_key(&key, self.workers);
+        // With several workers, the shared table of every peer's prefixes
+        // names the owner: another worker's peer goes to that worker.
+        if !handed {
+            if let Some(key) = self
+                .routes
+                .as_ref()
+                .and_then(|r| routes::read(r).lookup(dst))
+            {
+                let owner = owner_of_key(&key, self.workers);
+                if owner != self.id {
                     self.push_handoff(owner, Handoff::Tun(pkt));
                     return;
                 }
             }
         }
-        let Some((peer, _)) = local else {
+        let Some(peer) = self.iface.route(dst) else {
             self.counters.no_route += 1;
             self.pool.put(pkt.into_inner());
             return;

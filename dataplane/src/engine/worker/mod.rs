@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use corewire_ebpf::xdp::LiveIndexes;
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::IoUring;
 
@@ -31,9 +32,12 @@ use super::limits::{
 };
 use super::ops::{self, gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
+use super::routes::SharedRoutes;
 use super::shard::{CookieSeed, Directory, Event, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
+use crate::proto::index::{IndexChange, IndexTable};
 use crate::proto::messages::{HEADROOM, TAILROOM};
+use crate::proto::peer::PeerId;
 
 /// Buffer group ids of the two provided-buffer rings.
 const UDP_GROUP: u16 = 0;
@@ -60,12 +64,18 @@ pub enum Msg {
     Apply(Arc<Vec<Change>>, Sender<()>),
     /// Report this shard's peers.
     Stats(Sender<Vec<PeerStats>>),
+    /// Report this worker's number and counters.
+    Counters(Sender<(u32, Counters)>),
     /// New sockets (listen port changed); reply once nothing of this
     /// worker holds the old ones any more.
     Sockets(UdpFds, Sender<()>),
     /// Leave the loop.
     Stop,
 }
+
+/// A configuration change being applied a chunk at a time: the changes,
+/// how far it got, whom to tell.
+type Applying = (Arc<Vec<Change>>, usize, Sender<()>);
 
 /// A way to reach one worker: its channels and its eventfd.
 #[derive(Debug, Clone)]
@@ -120,6 +130,11 @@ pub struct Setup {
     pub cookies: CookieSeed,
     /// The device's configured keys.
     pub directory: Directory,
+    /// Where this worker publishes its live receiver indexes (the XDP
+    /// guard's map), when the guard runs.
+    pub live: Option<LiveIndexes>,
+    /// Every peer's prefixes, shared by the workers.
+    pub routes: SharedRoutes,
 }
 
 /// The [`Kernel`] view of a worker's fields (a macro, not a method, so the
@@ -165,7 +180,9 @@ pub struct Worker {
     /// are left.
     old_sockets: Option<(usize, Sender<()>)>,
     /// Configuration change lists being applied: list, next index, ack.
-    applying: VecDeque<(Arc<Vec<Change>>, usize, Sender<()>)>,
+    applying: VecDeque<Applying>,
+    /// The XDP guard's map of live indexes, when it runs.
+    live: Option<LiveIndexes>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -197,6 +214,10 @@ impl Worker {
             directory: s.directory,
         });
         shard.set_sockets(s.udp.port, s.udp.v6.is_some());
+        shard.set_routes(Some(s.routes));
+        if s.live.is_some() {
+            shard.interface_mut().indexes_mut().record_changes(true);
+        }
         Ok(Self {
             ring,
             ops: Ops::new(SLOTS),
@@ -218,6 +239,7 @@ impl Worker {
             stopping: false,
             old_sockets: None,
             applying: VecDeque::new(),
+            live: s.live,
         })
     }
 
@@ -283,6 +305,19 @@ impl Worker {
     fn execute(&mut self) {
         let mut io = kernel!(self);
         self.queued += self.shard.execute(&mut io);
+        if let Some(live) = &mut self.live {
+            let refused = publish_indexes(live, self.shard.interface_mut().indexes_mut());
+            let counters = self.shard.counters_mut();
+            for _ in 0..refused {
+                counters.live_index_refused += 1;
+                if counters.live_index_refused.is_power_of_two() {
+                    tracing::warn!(
+                        count = counters.live_index_refused,
+                        "XDP guard: live indexes not published (map full); their datagrams are dropped"
+                    );
+                }
+            }
+        }
         for e in self.shard.events() {
             match e {
                 Event::Dropped { from, reason } => {
@@ -537,6 +572,9 @@ impl Worker {
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.shard.stats());
                 }
+                Msg::Counters(reply) => {
+                    let _ = reply.send((self.shard.id(), self.shard.counters().clone()));
+                }
                 Msg::Sockets(udp, ack) => {
                     self.udp = udp;
                     self.shard.set_sockets(udp.port, udp.v6.is_some());
@@ -584,6 +622,20 @@ impl Worker {
             }
         }
     }
+}
+
+/// Mirrors the index changes since the last call into the XDP guard's map
+/// (a syscall each: they happen per handshake, not per packet). Returns
+/// how many the map refused (full): the guard drops their datagrams.
+fn publish_indexes(live: &mut LiveIndexes, indexes: &mut IndexTable<PeerId>) -> u64 {
+    let mut refused = 0;
+    for change in indexes.take_changes() {
+        match change {
+            IndexChange::Added(i) => refused += u64::from(live.insert(i).is_err()),
+            IndexChange::Removed(i) => live.remove(i),
+        }
+    }
+    refused
 }
 
 const _: () = assert!(BUF_SIZE > 65535 + HEADROOM + TAILROOM);

@@ -1,11 +1,12 @@
-//! Steering datagrams to the worker that owns them, in the kernel.
+//! The classic-BPF reuseport filter: steering datagrams to the worker
+//! that owns them without eBPF (the fallback when `steer_udp` cannot load).
 //!
 //! The kernel spreads the datagrams of an `SO_REUSEPORT` group over its
 //! sockets by a hash of the addresses, so without help most datagrams land
 //! on a worker that does not own their session and are handed over through
 //! a channel (a cache miss, a wake-up and a buffer that ends on the other
 //! worker). A session index names its owner in its low bits
-//! ([`worker_bits`](super::owner::worker_bits)), and every message that
+//! ([`worker_bits`](crate::engine::owner::worker_bits)), and every message that
 //! carries one (response, cookie reply, transport data) has it at a fixed
 //! offset. A socket filter attached with `SO_ATTACH_REUSEPORT_CBPF` reads
 //! it and returns the owner's position in the group, which is the worker's
@@ -32,7 +33,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::sys;
+use crate::engine::sys;
 
 /// `SO_ATTACH_REUSEPORT_CBPF` (not in the `libc` crate for every target).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
