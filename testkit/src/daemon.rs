@@ -169,8 +169,23 @@ impl WgImpl {
         ifname: &str,
         launch: Launch,
     ) -> Result<WgDevice> {
+        self.launch_with(binary, ns, ifname, launch, &[])
+    }
+
+    /// [`launch`](Self::launch) with `extra` arguments before the interface
+    /// name (corewire's `--threads 3`, `--steering off`, ...).
+    pub fn launch_with(
+        self,
+        binary: &Path,
+        ns: &Netns,
+        ifname: &str,
+        launch: Launch,
+        extra: &[&str],
+    ) -> Result<WgDevice> {
         let log = daemon_log(self, ifname);
-        let args = self.args(ifname, launch);
+        let mut args = self.args(ifname, launch);
+        let at = args.len() - 1;
+        args.splice(at..at, extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env = self.env(launch, &log);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

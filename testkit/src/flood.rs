@@ -9,7 +9,6 @@
 //! corewire's code.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
@@ -131,13 +130,8 @@ impl Flood {
     }
 
     fn run_here(&self, ns_name: &str) -> Result<u64> {
-        let path = format!("/var/run/netns/{ns_name}");
-        let f = std::fs::File::open(&path).map_err(|e| Error::Flood(format!("{path}: {e}")))?;
-        // SAFETY: setns on this thread only, with a namespace file we opened.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(Error::Flood(format!("entering {path}: {e}")));
-        }
+        crate::netns::enter(ns_name)
+            .map_err(|e| Error::Flood(format!("entering {ns_name}: {e}")))?;
         let key = mac1_key(&self.target_public);
         let mut socks = Vec::new();
         for src in &self.sources {

@@ -44,7 +44,7 @@ pub use error::{Error, Result};
 pub use flood::{Flood, FloodKind};
 pub use iperf3::{iperf3_client, Flow, Iperf3Client, Iperf3Result, Iperf3Server};
 pub use names::{next_id, socket_addr, unique_ifname, unix_now};
-pub use netns::{netns_exists, sweep_stale, Netns, Veth, STALE_AFTER};
+pub use netns::{enter, netns_exists, sweep_stale, Netns, Veth, STALE_AFTER};
 pub use process::{cmdline, fd_target, find_binary, pid_alive, stop_pids, Proc, STOP_GRACE};
 pub use serde_json;
 pub use tempdir::TempDir;

@@ -11,6 +11,7 @@
 //! are dropped last.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -112,6 +113,13 @@ impl Netns {
         netns_pids(&self.name)
     }
 
+    /// Moves the calling thread into the namespace (`setns` acts on that
+    /// thread only; sockets and devices it creates afterwards live in the
+    /// namespace). Meant for a thread spawned for the purpose.
+    pub fn enter(&self) -> Result<()> {
+        enter(&self.name)
+    }
+
     /// Whether a link of that name exists in the namespace.
     pub fn link_exists(&self, ifname: &str) -> bool {
         self.ip(&["link", "show", "dev", ifname])
@@ -123,6 +131,18 @@ impl Drop for Netns {
     fn drop(&mut self) {
         remove_netns(&self.name);
     }
+}
+
+/// Moves the calling thread into the namespace `name` (see [`Netns::enter`]).
+pub fn enter(name: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{name}");
+    let f = std::fs::File::open(&path).map_err(|e| Error::io("open", Path::new(&path), e))?;
+    // SAFETY: setns on this thread only, with a namespace file we opened.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::io("setns", Path::new(&path), e));
+    }
+    Ok(())
 }
 
 /// Whether a namespace of that name exists (`ip netns list`).

@@ -68,6 +68,29 @@ pub fn ipv4_filled(src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize, fill: u8) -
     p
 }
 
+/// An IPv4 UDP datagram `src:sport` -> `dst:dport` carrying `payload`
+/// (header checksum correct, UDP checksum 0: none, as IPv4 allows), as a
+/// host's stack would accept it.
+pub fn ipv4_udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let total = IPV4_HEADER_LEN + udp_len;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&u16::try_from(total).expect("fits").to_be_bytes());
+    p[8] = TTL;
+    p[9] = PROTO_UDP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = ipv4_header_checksum(&p[..IPV4_HEADER_LEN]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let u = &mut p[IPV4_HEADER_LEN..];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&u16::try_from(udp_len).expect("fits").to_be_bytes());
+    u[8..].copy_from_slice(payload);
+    p
+}
+
 /// A TUN read as the kernel hands it over with TSO: a 10-byte virtio-net
 /// header (`NEEDS_CSUM`, `GSO_TCPV4` or `GSO_TCPV6`, segments of `mss`
 /// payload bytes, little-endian fields) and a TCP super-packet from `src`

@@ -43,6 +43,8 @@ use std::time::{Duration, Instant};
 
 use corewire_testkit as kit;
 
+pub mod sim;
+
 pub use kit::serde_json::Value as Json;
 pub use kit::{
     cmdline, fd_target, find_daemon, pid_alive, socket_addr, socket_path, stop_pids, uapi_get,
@@ -237,6 +239,8 @@ pub trait WgStart {
     /// socket answers.
     fn start(self, ns: &Netns, ifname: &str) -> WgDevice;
     fn start_with(self, ns: &Netns, ifname: &str, launch: Launch) -> WgDevice;
+    /// In the foreground with `extra` arguments before the interface name.
+    fn start_args(self, ns: &Netns, ifname: &str, extra: &[&str]) -> WgDevice;
 }
 
 impl WgStart for WgImpl {
@@ -262,6 +266,17 @@ impl WgStart for WgImpl {
             ns,
             ifname,
             launch,
+        )))
+    }
+
+    fn start_args(self, ns: &Netns, ifname: &str, extra: &[&str]) -> WgDevice {
+        WgDevice(ok(kit::WgImpl::launch_with(
+            self,
+            &self.binary(),
+            ns,
+            ifname,
+            Launch::Foreground,
+            extra,
         )))
     }
 }
