@@ -67,6 +67,12 @@ struct Args {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=1_000_000))]
     rtt_interval_us: u64,
 
+    /// corewire's ends run the XDP guard on their veth (`--xdp`), which drops
+    /// malformed and unknown-index datagrams before the stack: run the
+    /// flood cases with and without it to see what it saves.
+    #[arg(long)]
+    corewire_xdp: bool,
+
     /// The corewire binary [default: target/release/corewire].
     #[arg(long)]
     corewire: Option<PathBuf>,
@@ -199,6 +205,7 @@ fn run(args: Args) -> Result<ExitCode> {
         seconds: args.seconds,
         noise_threshold: args.noise_threshold,
         rtt_interval: Duration::from_micros(args.rtt_interval_us),
+        corewire_xdp: args.corewire_xdp,
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = Machine::describe(&tools, &impls);

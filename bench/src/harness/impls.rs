@@ -80,6 +80,7 @@ impl Tunnel {
         imp: Impl,
         tools: &Tools,
         keys: &(Keypair, Keypair),
+        corewire_xdp: bool,
     ) -> Result<Tunnel> {
         let mut tunnel = Tunnel {
             imp,
@@ -88,9 +89,14 @@ impl Tunnel {
         let (Some(wg_impl), Some(binary)) = (imp.wg(), tools.binary(imp)) else {
             return Ok(tunnel);
         };
-        for ns in [&topo.a, &topo.b] {
+        for (ns, veth) in [&topo.a, &topo.b].into_iter().zip(topo.veth_names()) {
             let ifname = unique_ifname("cwb")?;
-            let end = wg_impl.launch(binary, ns, &ifname, Launch::Foreground)?;
+            let xdp: &[&str] = if corewire_xdp && imp == Impl::Corewire {
+                &["--xdp", veth]
+            } else {
+                &[]
+            };
+            let end = wg_impl.launch_with(binary, ns, &ifname, Launch::Foreground, xdp)?;
             tunnel.ends.push(end);
         }
         let sides = [

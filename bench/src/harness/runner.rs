@@ -31,6 +31,8 @@ pub struct Settings {
     pub noise_threshold: f64,
     /// Pause between the pings of the RTT cases.
     pub rtt_interval: Duration,
+    /// corewire's ends run the XDP guard on their veth (`--xdp`).
+    pub corewire_xdp: bool,
 }
 
 /// The result of one (round, case, implementation).
@@ -129,7 +131,13 @@ impl<'a> Bench<'a> {
     }
 
     fn measure(&mut self, case: Case, imp: Impl) -> Result<(BTreeMap<&'static str, f64>, Noise)> {
-        let mut tunnel = Tunnel::up(self.topo, imp, self.tools, &self.keys)?;
+        let mut tunnel = Tunnel::up(
+            self.topo,
+            imp,
+            self.tools,
+            &self.keys,
+            self.settings.corewire_xdp,
+        )?;
         let mut pinger = Pinger::new(&self.topo.a, tunnel.target())?;
         pinger
             .probe(PROBE_LIMIT)

@@ -35,4 +35,9 @@ impl Topology {
         .context("creating the veth pair")?;
         Ok(Topology { _veth: veth, a, b })
     }
+
+    /// The veth's interface name in side a's namespace, then in side b's.
+    pub fn veth_names(&self) -> [&str; 2] {
+        [self._veth.name_a(), self._veth.name_b()]
+    }
 }

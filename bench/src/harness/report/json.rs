@@ -104,6 +104,7 @@ pub fn render(report: &Report<'_>, rows: &[Row]) -> Value {
             "seconds": report.settings.seconds,
             "noise_threshold_cores": report.settings.noise_threshold,
             "rtt_interval_us": report.settings.rtt_interval.as_micros() as u64,
+            "corewire_xdp": report.settings.corewire_xdp,
             "impls": report.impls.iter().map(|i| i.name()).collect::<Vec<_>>(),
             "cases": report.cases.iter().map(|c| c.name()).collect::<Vec<_>>(),
         },
@@ -255,6 +256,11 @@ pub fn load(text: &str) -> Result<Loaded> {
             seconds: num_field(s, "seconds")? as u32,
             noise_threshold: num_field(s, "noise_threshold_cores")?,
             rtt_interval: Duration::from_micros(num_field(s, "rtt_interval_us")? as u64),
+            // Absent from results written before the option existed.
+            corewire_xdp: s
+                .get("corewire_xdp")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         },
         impls: names(s, "impls", Impl::parse)?,
         cases: names(s, "cases", Case::parse)?,
@@ -280,6 +286,7 @@ mod tests {
             seconds: 5,
             noise_threshold: 0.1,
             rtt_interval: Duration::from_micros(500),
+            corewire_xdp: true,
         };
         let noise = Noise {
             wall_s: 5.0,
@@ -332,6 +339,7 @@ mod tests {
         assert_eq!(back.measurements[0].noise, measurements[0].noise);
         assert_eq!(back.measurements[1].error.as_deref(), Some("boom"));
         assert_eq!(back.settings.rtt_interval, settings.rtt_interval);
+        assert!(back.settings.corewire_xdp);
         let rows = report.rows();
         assert_eq!(
             rows[0].get(Impl::Corewire),

@@ -137,13 +137,18 @@ pub fn render(report: &Report<'_>, rows: &[Row]) -> String {
     let _ = writeln!(
         out,
         "- {} run(s) of {} s per case; noise threshold {:.2} cores; {} of {} measurements \
-         noisy, {} failed\n",
+         noisy, {} failed{}\n",
         report.settings.runs,
         report.settings.seconds,
         report.settings.noise_threshold,
         report.noisy_count(),
         report.measurements.len(),
-        report.failed_count()
+        report.failed_count(),
+        if report.settings.corewire_xdp {
+            "; corewire's ends run the XDP guard (`--corewire-xdp`)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(out, "## Cases\n");
     for case in report.cases {
