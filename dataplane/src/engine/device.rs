@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded};
 
+use super::board::Published;
 use super::config::{ApplyError, Change, Device, DeviceStats};
 use super::counters::Counters;
 use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL, MAILBOX};
@@ -67,6 +68,7 @@ pub struct Engine {
     steering: Steering,
     /// Every peer's prefixes, published to the workers.
     routes: Routes,
+    published: Published,
 }
 
 fn eventfd() -> std::io::Result<OwnedFd> {
@@ -112,6 +114,7 @@ impl Engine {
         let cookies = CookieSeed::generate(clock.0);
         let directory = Directory::default();
         let routes = Routes::new();
+        let published = Published::new(n);
         let mut threads = Vec::with_capacity(n);
         // Each worker says whether it could set up (its ring, the io_uring
         // operations it needs, its buffers) before the engine is ready.
@@ -134,6 +137,7 @@ impl Engine {
                 directory: directory.clone(),
                 live: steering.live_indexes(),
                 routes: routes.shared(),
+                board: published.board(i).unwrap_or_default(),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let set_up = set_up.clone();
@@ -159,6 +163,7 @@ impl Engine {
             tun,
             steering,
             routes,
+            published,
         };
         for _ in 0..n {
             let failed = match setups.recv_timeout(SETUP_TIMEOUT) {
@@ -176,6 +181,12 @@ impl Engine {
             return Err(std::io::Error::other(failed));
         }
         Ok(engine)
+    }
+
+    /// The workers' published counters and peers, for readers on any
+    /// thread (they never wait on a worker; see [`board`](super::board)).
+    pub fn published(&self) -> Published {
+        self.published.clone()
     }
 
     /// The TUN device.

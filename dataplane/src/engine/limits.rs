@@ -113,3 +113,17 @@ pub const LARGE_BUFFERS_PER_WORKER: usize =
 /// super-packets and GRO bursts in sends and writes). About 33 MiB.
 pub const SMALL_BUFFERS_PER_WORKER: usize =
     POOL_CAP + HANDSHAKE_QUEUE + HANDSHAKE_PROVEN + STAGED_TOTAL + MAILBOX + 8192;
+
+/// Peers a worker copies into its published peer snapshot per loop turn
+/// while a reader waits for one (see `board.rs`): about 100 us of copying,
+/// so reading the stats of 100,000 peers spreads over some 50 turns
+/// instead of stalling one.
+pub const PEER_PUBLISH_CHUNK: usize = 2048;
+
+/// Log lines of one kind (handshake failed, cookie sent, ...) a worker
+/// writes at once before its rate limit holds the rest back and counts
+/// them, and how many a second it writes in the long run: a flood of bad
+/// handshakes costs at most this much log per worker, not a full disk.
+pub const LOG_BURST: f64 = 20.0;
+/// See [`LOG_BURST`].
+pub const LOG_PER_SEC: f64 = 5.0;

@@ -6,6 +6,7 @@
 //! shell and [`mem`] an in-memory one (tests, benchmarks); [`device`]
 //! starts the workers and speaks to the control plane.
 
+pub mod board;
 mod bufring;
 pub mod config;
 pub mod counters;

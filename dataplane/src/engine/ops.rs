@@ -233,6 +233,11 @@ impl Ops {
         }
     }
 
+    /// Operations in flight (slots in use).
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// Completes slot `user_data` given the completion `flags`; frees it unless it is a multishot operation that stays
     /// armed. The buffers of a GSO send go to `recycle`.
     pub fn complete(

@@ -266,6 +266,11 @@ impl Pool {
         }
     }
 
+    /// Free buffers in this pool's own lists (not the depot's).
+    pub fn free(&self) -> usize {
+        self.large.len() + self.small.len()
+    }
+
     /// How many buffers this pool has ever allocated (a steady-state
     /// counter that stops growing when the hot path allocates nothing).
     pub fn allocated(&self) -> u64 {

@@ -293,6 +293,11 @@ impl Interface {
         &mut self.indexes
     }
 
+    /// Peer handles in use or free: every peer's handle is below this.
+    pub fn peer_slots(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Number of peers.
     pub fn peer_count(&self) -> usize {
         self.by_key.len()
@@ -498,13 +503,20 @@ impl Interface {
         };
         opened.clear();
         let (confirmed, handshake) = peer.decrypt_run(&mut ctx, index, pkts, src, now, opened);
+        let mut refused = 0;
         for (pkt, res) in pkts.iter_mut().zip(opened.drain(..)) {
             let r = match res {
                 Ok(0) => Ok(0),
                 Ok(_) => self.deliverable(id, pkt),
                 Err(e) => Err(Drop::Peer(e)),
             };
+            refused += usize::from(r.is_err());
             results.push(r);
+        }
+        if let Some(peer) = self.peer_mut(id) {
+            for _ in 0..refused {
+                peer.count_refused(false);
+            }
         }
         (Some(id), confirmed, handshake)
     }
@@ -532,7 +544,9 @@ impl Interface {
                     });
                 };
                 let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownPeer)?;
-                let reply = peer.consume_initiation(&mut ctx, opened, msg, src, now)?;
+                let reply = peer
+                    .consume_initiation(&mut ctx, opened, msg, src, now)
+                    .inspect_err(|_| peer.count_refused(true))?;
                 self.mark_active(id);
                 Ok(Received::Reply {
                     peer: Some(id),
@@ -548,7 +562,9 @@ impl Interface {
                     .get(msg.receiver.get())
                     .ok_or(Drop::UnknownIndex)?;
                 let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownIndex)?;
-                let keepalive = peer.consume_response(&mut ctx, msg, src, now)?;
+                let keepalive = peer
+                    .consume_response(&mut ctx, msg, src, now)
+                    .inspect_err(|_| peer.count_refused(true))?;
                 Ok(Received::HandshakeComplete {
                     peer: id,
                     keepalive,
@@ -663,7 +679,9 @@ impl Interface {
     ) -> Result<Received, Drop> {
         let id = *self.indexes.get(index).ok_or(Drop::UnknownIndex)?;
         let (mut ctx, peer) = self.ctx_and_peer(id).ok_or(Drop::UnknownIndex)?;
-        let d = peer.decrypt(&mut ctx, index, pkt, src, now)?;
+        let d = peer
+            .decrypt(&mut ctx, index, pkt, src, now)
+            .inspect_err(|_| peer.count_refused(false))?;
         if d.len == 0 {
             return Ok(Received::Keepalive {
                 peer: id,
@@ -671,7 +689,12 @@ impl Interface {
                 handshake: d.handshake,
             });
         }
-        self.deliverable(id, pkt)?;
+        if let Err(e) = self.deliverable(id, pkt) {
+            if let Some(peer) = self.peer_mut(id) {
+                peer.count_refused(false);
+            }
+            return Err(e);
+        }
         Ok(Received::Data {
             peer: id,
             confirmed: d.confirmed,

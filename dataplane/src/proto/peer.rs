@@ -193,6 +193,12 @@ pub struct Peer {
     last_handshake: Option<SystemTime>,
     rx_bytes: u64,
     tx_bytes: u64,
+    /// Datagrams of this peer refused (see [`Self::count_refused`]).
+    refused: u64,
+    /// Handshake messages of this peer refused.
+    handshake_failures: u32,
+    /// The endpoint changed on receive since [`Self::take_moved`] last asked.
+    moved: bool,
     active: Option<Box<Active>>,
 }
 
@@ -209,6 +215,9 @@ impl Peer {
             last_handshake: None,
             rx_bytes: 0,
             tx_bytes: 0,
+            refused: 0,
+            handshake_failures: 0,
+            moved: false,
             active: None,
         }
     }
@@ -241,6 +250,41 @@ impl Peer {
     /// Sets the endpoint (configuration or roaming).
     pub fn set_endpoint(&mut self, endpoint: Option<SocketAddr>) {
         self.endpoint = endpoint;
+    }
+
+    /// Takes the endpoint from an authenticated message from `src`
+    /// (roaming), noting whether it moved.
+    fn learn_endpoint(&mut self, src: SocketAddr) {
+        if self.endpoint != Some(src) {
+            self.moved |= self.endpoint.is_some();
+            self.endpoint = Some(src);
+        }
+    }
+
+    /// Whether the endpoint moved (an authenticated message came from a
+    /// new address) since the last call.
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// Counts a datagram of this peer that was refused; `handshake` when
+    /// it was a handshake message.
+    pub fn count_refused(&mut self, handshake: bool) {
+        self.refused += 1;
+        if handshake {
+            self.handshake_failures = self.handshake_failures.saturating_add(1);
+        }
+    }
+
+    /// Datagrams of this peer refused (replays, failed authentication,
+    /// expired sessions, inner sources it may not use, handshake failures).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Handshake messages of this peer refused.
+    pub fn handshake_failures(&self) -> u64 {
+        u64::from(self.handshake_failures)
     }
 
     /// Persistent keepalive interval in seconds (0 = off).
@@ -449,7 +493,7 @@ impl Peer {
                 return Err(e.into());
             }
         };
-        self.endpoint = Some(src);
+        self.learn_endpoint(src);
         let interval = self.persistent_keepalive;
         let a = self.active.get_or_insert_with(Box::default);
         a.cookies.stamp(self.keys.remote(), &mut resp, now);
@@ -499,7 +543,7 @@ impl Peer {
         a.timers.any_authenticated_received();
         a.timers
             .any_authenticated_traversal(now, self.persistent_keepalive);
-        self.endpoint = Some(src);
+        self.learn_endpoint(src);
         self.rx_bytes += RESPONSE_LEN as u64;
         self.last_handshake = Some(ctx.clock.wall_at(now));
         let [keepalive, _] = self.keepalive(ctx, now);
@@ -554,7 +598,7 @@ impl Peer {
         data: bool,
         now: Instant,
     ) -> (bool, Option<ControlMsg>) {
-        self.endpoint = Some(src);
+        self.learn_endpoint(src);
         self.rx_bytes += bytes;
         let Some(a) = self.active.as_mut() else {
             return (false, None);

@@ -14,6 +14,15 @@ impl Shard {
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
         self.flush_batch();
+        if self.loaded {
+            let spent = now.saturating_duration_since(self.last_tick);
+            self.counters.under_load_ns += spent.as_nanos() as u64;
+            self.loaded = self.iface.under_load(now);
+            if !self.loaded {
+                self.event(super::Event::UnderLoad(false));
+            }
+        }
+        self.last_tick = now;
         let mut out = std::mem::take(&mut self.tick_out);
         self.iface
             .tick(now, |peer, endpoint, res| out.push((peer, endpoint, res)));

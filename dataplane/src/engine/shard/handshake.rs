@@ -114,7 +114,11 @@ impl Shard {
     fn signal_load(&mut self) {
         if !self.iface.under_load(self.now) {
             self.counters.under_load_signals += 1;
+            if !self.loaded {
+                self.event(super::Event::UnderLoad(true));
+            }
         }
+        self.loaded = true;
         self.iface.signal_load(self.now);
     }
 }

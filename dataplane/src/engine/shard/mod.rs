@@ -41,7 +41,7 @@ use std::time::{Instant, SystemTime};
 
 use super::counters::Counters;
 use super::limits::{DEFAULT_MTU, MAX_BATCH, MAX_EVENTS, MAX_RX_BATCH, MAX_SEGMENTS};
-use super::offload::Coalescer;
+use super::offload::{Coalescer, VNET_HDR_LEN};
 use super::owner::worker_bits;
 pub use super::owner::Directory;
 use super::pool::{Buf, Packet, Pool, SMALL_BUF_SIZE};
@@ -104,6 +104,17 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
     },
+    /// An authenticated message from `peer` came from a new address, which
+    /// is now its endpoint (roaming).
+    EndpointMoved {
+        /// The peer.
+        peer: PeerId,
+        /// Its new endpoint.
+        to: SocketAddr,
+    },
+    /// The worker went under load (`true`: cookies are demanded before any
+    /// X25519) or left it.
+    UnderLoad(bool),
     /// A datagram from `from` was dropped by the protocol core.
     Dropped {
         /// Its source.
@@ -243,6 +254,10 @@ pub struct Shard {
     /// then every packet is written alone.
     coalescer: Option<Coalescer>,
     tick_out: Vec<(PeerId, Option<SocketAddr>, TickOutcome)>,
+    /// When the timers last ran, and whether the interface was under load
+    /// since then (for the time-under-load counter and its events).
+    last_tick: Instant,
+    loaded: bool,
     counters: Counters,
     out: Out,
 }
@@ -290,6 +305,8 @@ impl Shard {
             rx: Vec::with_capacity(MAX_RX_BATCH),
             coalescer: s.tso.then(|| Coalescer::new(s.uso)),
             tick_out: Vec::new(),
+            last_tick: now,
+            loaded: false,
             counters: Counters::default(),
             out: Out {
                 transmits: Vec::with_capacity(MAX_BATCH),
@@ -364,7 +381,14 @@ impl Shard {
         for t in out.transmits.drain(..) {
             out.run.extend(packets.by_ref().take(t.count));
             queued += out.run.len();
-            if !io.send(t.dst, t.segment, &mut out.run) {
+            let (n, bytes) = (
+                out.run.len() as u64,
+                out.run.iter().map(|p| p.len() as u64).sum::<u64>(),
+            );
+            if io.send(t.dst, t.segment, &mut out.run) {
+                self.counters.udp_tx_datagrams += n;
+                self.counters.udp_tx_bytes += bytes;
+            } else {
                 self.counters.backpressure += out.run.len() as u64;
                 for p in out.run.drain(..) {
                     self.pool.put(p.into_inner());
@@ -376,7 +400,11 @@ impl Shard {
         for n in out.tun_writes.drain(..) {
             out.parts.extend(parts.by_ref().take(n));
             queued += n;
-            if !io.write(&mut out.parts) {
+            let bytes = out.parts.iter().map(|p| p.2 as u64).sum::<u64>();
+            if io.write(&mut out.parts) {
+                self.counters.tun_writes += 1;
+                self.counters.tun_write_bytes += bytes.saturating_sub(VNET_HDR_LEN as u64);
+            } else {
                 self.counters.backpressure += n as u64;
                 for (b, _, _) in out.parts.drain(..) {
                     self.pool.put(b);
@@ -503,6 +531,11 @@ impl Shard {
     /// Packets waiting for a handshake, for all peers.
     pub fn staged_total(&self) -> usize {
         self.staged_total
+    }
+
+    /// Whether the interface is under load now.
+    pub fn under_load(&self) -> bool {
+        self.iface.under_load(self.now)
     }
 
     /// `pkt` moved into a small buffer (at `HEADROOM`, with room to seal or

@@ -14,7 +14,7 @@ use crate::engine::owner::{owner_of_key, receiver_index};
 use crate::engine::pool::{Buf, Packet};
 use crate::proto::cookie::MacVerdict;
 use crate::proto::interface::{Drop, Received};
-use crate::proto::messages::{transport_receiver, ControlMsg, HEADROOM};
+use crate::proto::messages::{transport_receiver, ControlMsg, HEADROOM, TYPE_INITIATION};
 use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
 
@@ -48,7 +48,9 @@ impl Shard {
         now: Instant,
     ) {
         self.now = now;
+        self.counters.udp_rx_bytes += len as u64;
         if start + len > buf.len() {
+            self.counters.udp_rx_datagrams += 1;
             self.counters.dropped.count(DropReason::Truncated);
             self.pool.put(buf);
             return;
@@ -56,6 +58,7 @@ impl Shard {
         let seg = match segment {
             Some(seg) if seg > 0 && seg < len => seg,
             _ => {
+                self.count_arrival(&buf[start..start + len]);
                 match PacketBuf::new(buf, start, len) {
                     Some(pkt) if !pkt.is_empty() => self.on_datagram(from, pkt),
                     Some(pkt) => self.pool.put(pkt.into_inner()),
@@ -94,6 +97,7 @@ impl Shard {
         let mut run = std::mem::take(&mut self.run);
         let mut run_index = None;
         for pkt in first.into_iter().chain(rest.drain(..)) {
+            self.count_arrival(pkt.data());
             let index = transport_receiver(pkt.data()).filter(|&i| i & self.mask == self.id);
             if index != run_index {
                 if let Some(i) = run_index {
@@ -110,6 +114,19 @@ impl Shard {
             self.open_run(from, i, &mut run);
         }
         self.run = run;
+    }
+
+    /// Counts a datagram as it arrives from the network (not again when it
+    /// is handed to its owner): one datagram, and a handshake message by type.
+    fn count_arrival(&mut self, data: &[u8]) {
+        self.counters.udp_rx_datagrams += 1;
+        if is_handshake(data) {
+            if data[0] == TYPE_INITIATION as u8 {
+                self.counters.initiations_received += 1;
+            } else {
+                self.counters.responses_received += 1;
+            }
+        }
     }
 
     /// Opens a run of transport messages for receiver `index` (drained).
@@ -214,6 +231,10 @@ impl Shard {
             Received::Reply { peer, reply } => {
                 self.pool.put(pkt.into_inner());
                 self.send_control(Some(from), &reply);
+                if let Some(peer) = peer {
+                    self.counters.completed_responder += 1;
+                    self.note_moved(peer);
+                }
                 self.event(match peer {
                     Some(peer) => Event::ResponseSent { peer, to: from },
                     None => Event::CookieSent { to: from },
@@ -221,7 +242,9 @@ impl Shard {
             }
             Received::HandshakeComplete { peer, keepalive } => {
                 self.pool.put(pkt.into_inner());
+                self.counters.completed_initiator += 1;
                 self.event(Event::HandshakeComplete { peer });
+                self.note_moved(peer);
                 if !self.flush_staged(peer) {
                     let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
                     self.send_control(endpoint, &keepalive);
@@ -240,6 +263,7 @@ impl Shard {
             }
             Received::CookieAccepted { peer } => {
                 self.pool.put(pkt.into_inner());
+                self.counters.cookies_received += 1;
                 self.event(Event::CookieAccepted { peer });
             }
             Received::Dropped(reason) => self.refuse(from, reason, pkt),
@@ -248,6 +272,7 @@ impl Shard {
     }
 
     fn after_receive(&mut self, peer: PeerId, confirmed: bool, handshake: Option<ControlMsg>) {
+        self.note_moved(peer);
         if let Some(h) = handshake {
             let endpoint = self.iface.peer(peer).and_then(|p| p.endpoint());
             self.send_control(endpoint, &h);
@@ -258,10 +283,22 @@ impl Shard {
         }
     }
 
+    /// Reports `peer`'s endpoint if an authenticated message moved it.
+    fn note_moved(&mut self, peer: PeerId) {
+        let Some(p) = self.iface.peer_mut(peer) else {
+            return;
+        };
+        if p.take_moved() {
+            if let Some(to) = p.endpoint() {
+                self.event(Event::EndpointMoved { peer, to });
+            }
+        }
+    }
+
     /// Drops a datagram the protocol core refused: counted by reason,
     /// reported with its source.
     pub(super) fn refuse(&mut self, from: SocketAddr, reason: Drop, pkt: Packet) {
-        self.counters.dropped.count(DropReason::from(&reason));
+        self.counters.count_refused(&reason);
         self.pool.put(pkt.into_inner());
         self.event(Event::Dropped { from, reason });
     }

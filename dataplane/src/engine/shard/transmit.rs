@@ -11,7 +11,9 @@ use crate::engine::offload::{self, TunRead, VNET_HDR_LEN};
 use crate::engine::owner::owner_of_key;
 use crate::engine::pool::{Buf, Packet};
 use crate::engine::routes;
-use crate::proto::messages::{ControlMsg, HEADROOM, TAILROOM};
+use crate::proto::messages::{
+    ControlMsg, HEADROOM, TAILROOM, TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE,
+};
 use crate::proto::peer::PeerId;
 use crate::proto::session::PacketBuf;
 
@@ -26,6 +28,8 @@ impl Shard {
     pub fn tun_read(&mut self, mut buf: Buf, n: usize, now: Instant) {
         self.now = now;
         let end = (TUN_READ_AT + n).min(buf.len());
+        self.counters.tun_reads += 1;
+        self.counters.tun_read_bytes += (end - TUN_READ_AT).saturating_sub(VNET_HDR_LEN) as u64;
         match offload::parse_read(&mut buf[TUN_READ_AT..end], self.mtu) {
             Ok(TunRead::Packet(p)) => {
                 let len = p.len();
@@ -198,6 +202,12 @@ impl Shard {
             self.counters.buffers_refused += 1;
             return;
         };
+        match bytes.first().map(|&t| u32::from(t)) {
+            Some(TYPE_INITIATION) => self.counters.initiations_sent += 1,
+            Some(TYPE_RESPONSE) => self.counters.responses_sent += 1,
+            Some(TYPE_COOKIE_REPLY) => self.counters.cookies_sent += 1,
+            _ => {}
+        }
         buf[..bytes.len()].copy_from_slice(bytes);
         if let Some(pkt) = PacketBuf::new(buf, 0, bytes.len()) {
             self.push_transmit(dst, bytes.len(), std::iter::once(pkt));

@@ -20,12 +20,15 @@ use crossbeam_channel::{Receiver, Sender};
 use io_uring::IoUring;
 
 mod kernel;
+mod log;
 
 use kernel::Kernel;
+use log::EventLog;
 
+use super::board::{Gauge, PeerPublisher, WorkerBoard};
 use super::bufring::{BufRing, Refused};
 use super::config::{Change, PeerStats};
-use super::counters::{Counters, DropReason};
+use super::counters::{Counters, DropReason, BATCH_BUCKETS};
 use super::limits::{
     APPLY_CHUNK, MAILBOX_TURN, MAX_SEGMENTS, POOL_CAP, SLOTS, SUBMIT_EVERY, TICK, TUN_RING,
     UDP_RING,
@@ -33,7 +36,7 @@ use super::limits::{
 use super::ops::{self, gro_segment_size, multishot_msghdr, source_address, OpKind, Ops};
 use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
 use super::routes::SharedRoutes;
-use super::shard::{CookieSeed, Directory, Event, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
+use super::shard::{CookieSeed, Directory, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
 use crate::proto::index::{IndexChange, IndexTable};
 use crate::proto::messages::{HEADROOM, TAILROOM};
@@ -135,6 +138,8 @@ pub struct Setup {
     pub live: Option<LiveIndexes>,
     /// Every peer's prefixes, shared by the workers.
     pub routes: SharedRoutes,
+    /// Where this worker publishes its counters and peers.
+    pub board: Arc<WorkerBoard>,
 }
 
 /// The [`Kernel`] view of a worker's fields (a macro, not a method, so the
@@ -183,6 +188,9 @@ pub struct Worker {
     applying: VecDeque<Applying>,
     /// The XDP guard's map of live indexes, when it runs.
     live: Option<LiveIndexes>,
+    board: Arc<WorkerBoard>,
+    peers: PeerPublisher,
+    log: EventLog,
 }
 
 impl std::fmt::Debug for Worker {
@@ -218,6 +226,7 @@ impl Worker {
         if s.live.is_some() {
             shard.interface_mut().indexes_mut().record_changes(true);
         }
+        let now = Instant::now();
         Ok(Self {
             ring,
             ops: Ops::new(SLOTS),
@@ -240,6 +249,9 @@ impl Worker {
             old_sockets: None,
             applying: VecDeque::new(),
             live: s.live,
+            board: s.board,
+            peers: PeerPublisher::default(),
+            log: EventLog::new(s.id, now),
         })
     }
 
@@ -253,6 +265,7 @@ impl Worker {
         if self.ops.timer(&mut self.ring, TICK).is_err() {
             return Err(std::io::Error::other("no slot for the timer"));
         }
+        let mut publishing = false;
         while !self.stopping {
             // Buffers lent back to the kernel during the last turn.
             self.udp_bufs.publish();
@@ -260,8 +273,12 @@ impl Worker {
             // With configuration left to apply or handshake messages left
             // beyond the last turn's budget, only look for completions (do
             // not sleep), then go on with them.
+            // The same while a peer snapshot is being published.
             let wait = usize::from(
-                self.applying.is_empty() && !self.shard.has_pending() && self.packets.is_empty(),
+                self.applying.is_empty()
+                    && !self.shard.has_pending()
+                    && self.packets.is_empty()
+                    && !publishing,
             );
             self.queued = 0;
             match self.ring.submit_and_wait(wait) {
@@ -290,6 +307,8 @@ impl Worker {
             self.execute();
             self.apply_some();
             self.send_wakes();
+            self.count_turn();
+            publishing = self.peers.step(self.shard.interface(), &self.board);
         }
         tracing::debug!(
             allocated = self.shard.pool().allocated(),
@@ -318,18 +337,38 @@ impl Worker {
                 }
             }
         }
-        for e in self.shard.events() {
-            match e {
-                Event::Dropped { from, reason } => {
-                    tracing::trace!(%from, %reason, "dropped a datagram");
-                }
-                other => tracing::trace!(event = ?other, "handshake"),
-            }
-        }
+        self.log.events(&mut self.shard, self.now);
         if self.queued >= SUBMIT_EVERY {
             self.queued = 0;
             let _ = self.ring.submit();
         }
+    }
+
+    /// Counts the loop turn and its batch of completions, and publishes
+    /// the counters and gauges (relaxed stores, see `board.rs`).
+    fn count_turn(&mut self) {
+        let n = self.completions.len() as u64;
+        let bucket = BATCH_BUCKETS
+            .iter()
+            .position(|&b| n <= b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        let c = self.shard.counters_mut();
+        c.loop_turns += 1;
+        c.completions += n;
+        c.batch_sizes[bucket] += 1;
+        let mut gauges = [0; Gauge::ALL.len()];
+        for g in Gauge::ALL {
+            gauges[g as usize] = match g {
+                Gauge::Peers => self.shard.interface().peer_count() as u64,
+                Gauge::Staged => self.shard.staged_total() as u64,
+                Gauge::HandshakeQueue => self.shard.handshakes_waiting() as u64,
+                Gauge::UnderLoad => u64::from(self.shard.under_load()),
+                Gauge::BuffersFree => self.shard.pool().free() as u64,
+                Gauge::BuffersAllocated => self.shard.pool().allocated(),
+                Gauge::OpsInFlight => self.ops.in_flight() as u64,
+            };
+        }
+        self.board.publish(self.shard.counters(), &gauges);
     }
 
     /// The buffer a receive filled under `bid` in `group`, or `None` if
@@ -481,6 +520,7 @@ impl Worker {
             OpKind::Timer => {
                 self.shard.tick(self.now);
                 self.execute();
+                self.log.flush(self.now);
                 if !self.stopping {
                     let _ = self.ops.timer(&mut self.ring, TICK);
                 }
