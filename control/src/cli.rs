@@ -9,8 +9,11 @@
 //!   wg-quick users set them.
 
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::stats::{MetricsAddr, PeerLimit};
 
 /// corewire: userspace WireGuard for Linux gateways.
 #[derive(Debug, Parser)]
@@ -48,6 +51,28 @@ pub enum Command {
     Pubkey,
     /// Print a new random preshared key in base64 (like `wg genpsk`).
     Genpsk,
+    /// Show the live counters of a running corewire interface (root).
+    Stats(StatsArgs),
+}
+
+/// Arguments of `corewire stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON (every counter, per worker and in total) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Peers to show: the N with the most traffic, or `all`.
+    #[arg(long, value_name = "N|all", default_value = "10")]
+    pub peers: PeerLimit,
+
+    /// Show counters that are zero too.
+    #[arg(long)]
+    pub all: bool,
+
+    /// The interface.
+    #[arg(value_name = "IFNAME")]
+    pub ifname: String,
 }
 
 impl Command {
@@ -57,6 +82,7 @@ impl Command {
             Command::Genkey => "genkey",
             Command::Pubkey => "pubkey",
             Command::Genpsk => "genpsk",
+            Command::Stats(_) => "stats",
         }
     }
 }
@@ -93,6 +119,26 @@ pub struct DaemonArgs {
     /// Guard uplink IFACE with an XDP program that drops malformed and unknown-session datagrams to corewire's port before the stack sees them (native XDP where the driver has it, generic otherwise).
     #[arg(long, value_name = "IFACE", env = "COREWIRE_XDP")]
     pub xdp: Option<String>,
+
+    /// Serve Prometheus metrics at ADDR: PORT (on 127.0.0.1), IP:PORT, or
+    /// unix:/PATH. Default: off, or $COREWIRE_METRICS.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<MetricsAddr>,
+
+    /// Per-peer series on the metrics endpoint: the N busiest peers, or
+    /// `all`. Default: 0 (none), or $COREWIRE_METRICS_PEERS.
+    #[arg(long, value_name = "N|all")]
+    pub metrics_peers: Option<PeerLimit>,
+
+    /// Name peers after the `# Name = ...` comments of this wg-quick
+    /// configuration file. Default: $COREWIRE_PEER_NAMES.
+    #[arg(long, value_name = "FILE")]
+    pub peer_names: Option<PathBuf>,
+
+    /// Log a counters summary (info level) every MINUTES; 0 turns it off.
+    /// Default: 5, or $COREWIRE_LOG_SUMMARY.
+    #[arg(long, value_name = "MINUTES")]
+    pub log_summary: Option<u64>,
 
     /// More log output (-v debug, -vv trace); overrides LOG_LEVEL.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -196,6 +242,39 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["corewire", "wg0", "-f"]).unwrap();
         assert!(cli.daemon.foreground && cli.daemon.problem().is_none());
+    }
+
+    #[test]
+    fn stats_and_metrics_options_parse() {
+        let cli =
+            Cli::try_parse_from(["corewire", "stats", "--json", "--peers", "all", "wg0"]).unwrap();
+        let Some(Command::Stats(a)) = cli.command else {
+            panic!("not stats");
+        };
+        assert!(a.json);
+        assert_eq!(a.peers, PeerLimit::All);
+        assert_eq!(a.ifname, "wg0");
+        let cli = Cli::try_parse_from([
+            "corewire",
+            "--metrics",
+            "9586",
+            "--metrics-peers",
+            "50",
+            "wg0",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.daemon.metrics,
+            Some(MetricsAddr::Tcp("127.0.0.1:9586".parse().unwrap()))
+        );
+        assert_eq!(cli.daemon.metrics_peers, Some(PeerLimit::Top(50)));
+        let cli =
+            Cli::try_parse_from(["corewire", "--metrics", "unix:/run/m.sock", "wg0"]).unwrap();
+        assert_eq!(
+            cli.daemon.metrics,
+            Some(MetricsAddr::Unix("/run/m.sock".into()))
+        );
+        assert!(Cli::try_parse_from(["corewire", "--metrics", "nonsense", "wg0"]).is_err());
     }
 
     #[test]

@@ -7,4 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod keys_cmd;
+pub mod peer_log;
+pub mod stats;
+pub mod stats_cmd;
 pub mod uapi;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use corewire::cli::{self, Cli, Command};
-use corewire::{daemon, keys_cmd};
+use corewire::{daemon, keys_cmd, stats_cmd};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Genkey => keys_cmd::genkey(),
         Command::Pubkey => keys_cmd::pubkey(),
         Command::Genpsk => keys_cmd::genpsk(),
+        Command::Stats(ref args) => stats_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

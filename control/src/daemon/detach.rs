@@ -18,12 +18,24 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 #[derive(Debug)]
 pub struct Readiness {
     pipe: Option<File>,
+    keep_stderr: bool,
 }
 
 impl Readiness {
     /// No parent waits (foreground mode).
     pub fn foreground() -> Self {
-        Self { pipe: None }
+        Self {
+            pipe: None,
+            keep_stderr: true,
+        }
+    }
+
+    /// Whether stderr stays open once ready (the log goes on there, as
+    /// wireguard-go's does when `LOG_LEVEL` is set: under systemd that is
+    /// the journal). stdin and stdout are detached either way, so
+    /// `$(wg-quick up x)` does not wait for the daemon.
+    pub fn keep_stderr(&mut self, keep: bool) {
+        self.keep_stderr |= keep;
     }
 
     /// Setup finished: tell the parent, then detach stdio.
@@ -31,7 +43,7 @@ impl Readiness {
         if let Some(mut p) = self.pipe.take() {
             let _ = p.write_all(b"ok\n");
             drop(p);
-            detach_stdio();
+            detach_stdio(self.keep_stderr);
         }
     }
 
@@ -73,7 +85,10 @@ pub fn daemonize() -> std::io::Result<Readiness> {
                 libc::setsid();
             }
             let _ = std::env::set_current_dir("/");
-            Ok(Readiness { pipe: Some(write) })
+            Ok(Readiness {
+                pipe: Some(write),
+                keep_stderr: false,
+            })
         }
         child => {
             drop(write);
@@ -112,8 +127,8 @@ fn close_inherited_fds(keep: RawFd) {
     }
 }
 
-/// Points stdin, stdout and stderr at /dev/null.
-fn detach_stdio() {
+/// Points stdin, stdout and (unless `keep_stderr`) stderr at /dev/null.
+fn detach_stdio(keep_stderr: bool) {
     let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -121,7 +136,8 @@ fn detach_stdio() {
     else {
         return;
     };
-    for fd in 0..3 {
+    let last = if keep_stderr { 2 } else { 3 };
+    for fd in 0..last {
         // SAFETY: dup2 onto the standard descriptors, which we own.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }

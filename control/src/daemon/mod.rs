@@ -25,9 +25,13 @@ use corewire_dataplane::engine::tun::Tun;
 
 use crate::cli::{DaemonArgs, Steering};
 use crate::config::DeviceConfig;
+use crate::stats::{MetricsAddr, PeerLimit, StatsOptions, StatsService};
 use crate::uapi::server::{poll, UapiServer, SOCKET_DIR};
 use detach::Readiness;
 use signals::Signals;
+
+/// Minutes between two counters summaries in the log, by default.
+const DEFAULT_SUMMARY_MINUTES: u64 = 5;
 
 /// How often the control loop checks that its socket file is still there.
 const SOCKET_CHECK: Duration = Duration::from_millis(500);
@@ -53,8 +57,19 @@ pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
             }
         }
     };
+    // With LOG_LEVEL set (as wireguard-go), the daemon keeps logging to
+    // the launcher's stderr once it is ready (under wg-quick@.service that
+    // is the journal); otherwise stdio is detached entirely.
+    ready.keep_stderr(log_level_set());
     init_logging(args.verbose, args.foreground);
-    match serve(args, &ifname, &mut ready) {
+    let opts = match stats_options(args) {
+        Ok(o) => o,
+        Err(e) => {
+            ready.fail(&e);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match serve(args, &ifname, &opts, &mut ready) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
@@ -64,6 +79,47 @@ pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `LOG_LEVEL` asks for log output (anything but `silent`).
+fn log_level_set() -> bool {
+    std::env::var("LOG_LEVEL").is_ok_and(|v| !v.is_empty() && v != "silent")
+}
+
+/// The stats and metrics options: each flag, or else its environment
+/// variable (wg-quick passes no flags), or else the default.
+fn stats_options(args: &DaemonArgs) -> Result<StatsOptions, String> {
+    fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e| format!("{name}={v}: {e}")),
+            _ => Ok(None),
+        }
+    }
+    let metrics = match &args.metrics {
+        Some(m) => Some(m.clone()),
+        None => env::<MetricsAddr>("COREWIRE_METRICS")?,
+    };
+    let metrics_peers = match args.metrics_peers {
+        Some(p) => p,
+        None => env("COREWIRE_METRICS_PEERS")?.unwrap_or(PeerLimit::Top(0)),
+    };
+    let peer_names = match &args.peer_names {
+        Some(p) => Some(p.clone()),
+        None => env::<std::path::PathBuf>("COREWIRE_PEER_NAMES")?,
+    };
+    let minutes = match args.log_summary {
+        Some(m) => m,
+        None => env("COREWIRE_LOG_SUMMARY")?.unwrap_or(DEFAULT_SUMMARY_MINUTES),
+    };
+    Ok(StatsOptions {
+        metrics,
+        metrics_peers,
+        peer_names,
+        summary_every: (minutes > 0).then(|| Duration::from_secs(minutes.saturating_mul(60))),
+    })
 }
 
 fn init_logging(verbose: u8, foreground: bool) {
@@ -94,7 +150,12 @@ fn init_logging(verbose: u8, foreground: bool) {
 
 /// Sets up and serves; `Ok(false)` when it stopped because something
 /// failed after it was ready (already reported).
-fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<bool> {
+fn serve(
+    args: &DaemonArgs,
+    ifname: &str,
+    stats_opts: &StatsOptions,
+    ready: &mut Readiness,
+) -> Result<bool> {
     let signals = Signals::block().context("blocking signals")?;
     let threads = args
         .threads
@@ -116,6 +177,13 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<bool>
     let mut engine = Engine::start(tun, &opts).context("starting the workers")?;
     let mut uapi = UapiServer::bind(Path::new(SOCKET_DIR), ifname)
         .with_context(|| format!("creating the UAPI socket in {SOCKET_DIR}"))?;
+    let stats = StatsService::start(
+        engine.published(),
+        Path::new(SOCKET_DIR),
+        ifname,
+        stats_opts,
+    )
+    .context("starting the stats socket and metrics endpoint")?;
     let mut config = DeviceConfig::new();
     tracing::info!(
         ifname,
@@ -123,12 +191,16 @@ fn serve(args: &DaemonArgs, ifname: &str, ready: &mut Readiness) -> Result<bool>
         "interface up; UAPI at {}",
         uapi.path().display()
     );
+    if let Some(url) = stats.metrics_url() {
+        tracing::info!("Prometheus metrics at {url}");
+    }
     ready.ready();
     notify::ready();
 
     let stop = control_loop(&mut engine, &mut uapi, &mut config, &mut monitor, &signals);
     notify::stopping();
     drop(uapi);
+    drop(stats);
     match stop {
         Stop::Asked(reason) => {
             tracing::info!("stopping: {reason}");

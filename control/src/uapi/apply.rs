@@ -554,6 +554,7 @@ impl Commit {
         if config.generation() != self.generation {
             return Err(UapiError::StaleCommit);
         }
+        self.log_peers();
         for key in &self.removes {
             config.remove_peer(key);
         }
@@ -574,6 +575,31 @@ impl Commit {
             config.put_peer(e);
         }
         Ok(())
+    }
+
+    /// Logs the peers this commit adds and removes (a re-created peer is
+    /// in both lists and neither added nor removed).
+    fn log_peers(&self) {
+        if !tracing::enabled!(tracing::Level::INFO)
+            || (self.removes.is_empty() && self.appends.is_empty())
+        {
+            return;
+        }
+        let removed: HashSet<&PublicKey> = self.removes.iter().collect();
+        let appended: HashSet<&PublicKey> = self.appends.iter().map(|e| &e.public_key).collect();
+        let added: Vec<PublicKey> = self
+            .appends
+            .iter()
+            .map(|e| e.public_key)
+            .filter(|k| !removed.contains(k))
+            .collect();
+        let gone: Vec<PublicKey> = self
+            .removes
+            .iter()
+            .filter(|k| !appended.contains(k))
+            .copied()
+            .collect();
+        crate::peer_log::peers_changed(&added, &gone);
     }
 }
 
