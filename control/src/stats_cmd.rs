@@ -201,7 +201,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("dropped: bad_mac1"), "{out}");
-        assert!(out.contains("udp_received_datagrams"), "{out}");
+        assert!(out.contains("udp_rx_datagrams"), "{out}");
         let mut short = String::new();
         table(&v, false, &mut short).expect("table");
         assert!(short.contains("zero counters not shown"), "{short}");
