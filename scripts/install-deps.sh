@@ -29,6 +29,7 @@ TEST_APT=(
     iperf3          # throughput through the tunnel (`iperf3 -J`)
     iproute2        # `ip netns`, veth pairs, addresses, routes; `ss`
     iputils-ping    # `ping` over IPv4 and IPv6
+    python3-prometheus-client # a real Prometheus text parser for the metrics endpoint (control/tests/metrics.rs)
 )
 # Cargo tools for the tests, as "crate version binary"; "binary --version"
 # must print the version (that is how an install is found). Build times on
