@@ -192,7 +192,14 @@ fn metrics_follow_traffic_drops_and_handshakes() {
         &hub_ns,
         &hub_if,
         &hub_key.private,
-        &["listen-port", &port, "peer", &spoke_key.public, "allowed-ips", "10.0.0.2/32"],
+        &[
+            "listen-port",
+            &port,
+            "peer",
+            &spoke_key.public,
+            "allowed-ips",
+            "10.0.0.2/32",
+        ],
     );
     hub_ns.ip_ok(&["addr", "add", "10.0.0.1/24", "dev", &hub_if]);
     hub_ns.ip_ok(&["link", "set", &hub_if, "up"]);
@@ -204,7 +211,14 @@ fn metrics_follow_traffic_drops_and_handshakes() {
             &spoke_ns,
             ifname,
             &spoke_key.private,
-            &["peer", &hub_key.public, "endpoint", &endpoint, "allowed-ips", "10.0.0.0/24"],
+            &[
+                "peer",
+                &hub_key.public,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                "10.0.0.0/24",
+            ],
         );
         spoke_ns.ip_ok(&["addr", "add", "10.0.0.2/24", "dev", ifname]);
         spoke_ns.ip_ok(&["link", "set", ifname, "up"]);
@@ -220,7 +234,11 @@ fn metrics_follow_traffic_drops_and_handshakes() {
     // Handshake 1 (the spoke initiates), then traffic scraped while it flows.
     let stats = ping(&spoke_ns, "10.0.0.1", 3, Duration::from_secs(10));
     assert!(stats.all_received(), "{}", stats.output);
-    let flood = spoke_ns.spawn("ping", &["-q", "-i", "0.01", "-c", "300", "-s", "1000", "10.0.0.1"], &[]);
+    let flood = spoke_ns.spawn(
+        "ping",
+        &["-q", "-i", "0.01", "-c", "300", "-s", "1000", "10.0.0.1"],
+        &[],
+    );
     let mut last = scrape(&hub_ns);
     counters_only_grow(&s0, &last);
     for _ in 0..3 {
@@ -238,8 +256,14 @@ fn metrics_follow_traffic_drops_and_handshakes() {
     let dump = wg_show_dump(&hub_ns, &hub_if);
     let peer = dump.peer(&spoke_key.public).expect("spoke in wg show");
     let labels = format!("{{name=\"spoke-one\",peer=\"{}\"}}", spoke_key.public);
-    assert_eq!(s1.get(&format!("corewire_peer_received_bytes_total{labels}")), peer.rx_bytes as f64);
-    assert_eq!(s1.get(&format!("corewire_peer_sent_bytes_total{labels}")), peer.tx_bytes as f64);
+    assert_eq!(
+        s1.get(&format!("corewire_peer_received_bytes_total{labels}")),
+        peer.rx_bytes as f64
+    );
+    assert_eq!(
+        s1.get(&format!("corewire_peer_sent_bytes_total{labels}")),
+        peer.tx_bytes as f64
+    );
     assert_eq!(
         s1.get(&format!("corewire_peer_last_handshake_seconds{labels}")),
         peer.latest_handshake as f64
@@ -251,13 +275,26 @@ fn metrics_follow_traffic_drops_and_handshakes() {
     let (bad_mac, junk, unknown_index) = (40u32, 30u32, 20u32);
     let crafted = spoke_ns.spawn(
         PYTHON,
-        &["-c", CRAFT, "10.97.0.1", &port, &bad_mac.to_string(), &junk.to_string(), &unknown_index.to_string()],
+        &[
+            "-c",
+            CRAFT,
+            "10.97.0.1",
+            &port,
+            &bad_mac.to_string(),
+            &junk.to_string(),
+            &unknown_index.to_string(),
+        ],
         &[],
     );
     netns::finish(crafted, "the crafted datagrams", Duration::from_secs(30));
     let grown = |s: &Scrape, reason: &str| {
-        s.sum("corewire_worker_dropped_total", &format!("reason=\"{reason}\""))
-            - s1.sum("corewire_worker_dropped_total", &format!("reason=\"{reason}\""))
+        s.sum(
+            "corewire_worker_dropped_total",
+            &format!("reason=\"{reason}\""),
+        ) - s1.sum(
+            "corewire_worker_dropped_total",
+            &format!("reason=\"{reason}\""),
+        )
     };
     let all_in = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let s = scrape(&hub_ns);
@@ -287,15 +324,30 @@ fn metrics_follow_traffic_drops_and_handshakes() {
     assert!(stats.all_received(), "{}", stats.output);
     let s3 = scrape(&hub_ns);
     counters_only_grow(&s2, &s3);
-    let completed = |s: &Scrape, role: &str| s.get(&format!("corewire_handshakes_completed_total{{role=\"{role}\"}}"));
-    assert_eq!(completed(&s3, "responder"), 2.0, "two handshakes, the spoke initiated both");
+    let completed = |s: &Scrape, role: &str| {
+        s.get(&format!(
+            "corewire_handshakes_completed_total{{role=\"{role}\"}}"
+        ))
+    };
+    assert_eq!(
+        completed(&s3, "responder"),
+        2.0,
+        "two handshakes, the spoke initiated both"
+    );
     assert_eq!(completed(&s3, "initiator"), 0.0);
     assert_eq!(received(&s3) - received(&s2), 1.0);
-    assert_eq!(s3.get("corewire_handshakes_sent_total{type=\"response\"}"), 2.0);
-    assert_eq!(s3.sum("corewire_handshake_failures_total", "unknown_key"), 0.0);
+    assert_eq!(
+        s3.get("corewire_handshakes_sent_total{type=\"response\"}"),
+        2.0
+    );
+    assert_eq!(
+        s3.sum("corewire_handshake_failures_total", "unknown_key"),
+        0.0
+    );
 
     // corewire stats, as JSON and as tables, against the running daemon.
-    let json: Json = serde_json::from_str(&corewire_stats(&["--json", "--peers", "all", &hub_if])).unwrap();
+    let json: Json =
+        serde_json::from_str(&corewire_stats(&["--json", "--peers", "all", &hub_if])).unwrap();
     let counter = |name: &str| {
         json["counters"]
             .as_array()
@@ -312,8 +364,14 @@ fn metrics_follow_traffic_drops_and_handshakes() {
     assert_eq!(json["peers"][0]["name"], "spoke-one");
     assert_eq!(json["peers"][0]["public_key"], spoke_key.public.as_str());
     let table = corewire_stats(&[&hub_if]);
-    assert!(table.starts_with(&format!("interface: {hub_if}")), "{table}");
-    assert!(table.contains("handshakes_completed_total {role=responder}"), "{table}");
+    assert!(
+        table.starts_with(&format!("interface: {hub_if}")),
+        "{table}"
+    );
+    assert!(
+        table.contains("handshakes_completed_total {role=responder}"),
+        "{table}"
+    );
     assert!(table.contains("spoke-one"), "{table}");
     println!("{table}");
 }
@@ -327,9 +385,17 @@ fn failed_handshakes_are_logged_with_cause_and_source_after_detaching() {
     let _timed = Timed::new(test);
     let (hub_ns, spoke_ns) = (Netns::new("mt"), Netns::new("mt"));
     let _veth = Veth::pair(&hub_ns, &spoke_ns, &["10.97.0.1/24"], &["10.97.0.2/24"]);
-    let (hub_if, stranger_if, confused_if) = (unique_ifname("cw"), unique_ifname("cw"), unique_ifname("cw"));
-    let (hub_key, stranger_key, confused_key, other) =
-        (Keypair::generate(), Keypair::generate(), Keypair::generate(), Keypair::generate());
+    let (hub_if, stranger_if, confused_if) = (
+        unique_ifname("cw"),
+        unique_ifname("cw"),
+        unique_ifname("cw"),
+    );
+    let (hub_key, stranger_key, confused_key, other) = (
+        Keypair::generate(),
+        Keypair::generate(),
+        Keypair::generate(),
+        Keypair::generate(),
+    );
     let dir = TempDir::new("mt");
     let log = dir.path().join("hub.log");
 
@@ -341,8 +407,21 @@ fn failed_handshakes_are_logged_with_cause_and_source_after_detaching() {
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
-    let out = run(cmd, None, Duration::from_secs(30));
-    assert!(out.status.success(), "launcher failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let mut launcher = cmd.spawn().expect("launch corewire");
+    let mut status = None;
+    wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        status = launcher.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = launcher.kill();
+        let _ = launcher.wait();
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "launcher failed ({status:?}): {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let _hub = WgDevice::adopt(WgImpl::Corewire, &hub_ns, &hub_if);
     let port = PORT.to_string();
     wg_set_private_key(&hub_ns, &hub_if, &hub_key.private, &["listen-port", &port]);
@@ -360,20 +439,42 @@ fn failed_handshakes_are_logged_with_cause_and_source_after_detaching() {
             &spoke_ns,
             ifname,
             &key.private,
-            &["listen-port", listen, "peer", peer, "endpoint", &endpoint, "allowed-ips", "10.0.0.0/24", "persistent-keepalive", "1"],
+            &[
+                "listen-port",
+                listen,
+                "peer",
+                peer,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                "10.0.0.0/24",
+                "persistent-keepalive",
+                "1",
+            ],
         );
     }
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     let logged = |cause: &str, from: &str| {
-        text().lines().any(|l| l.contains("handshake failed") && l.contains(cause) && l.contains(&format!("from={from}")))
+        text().lines().any(|l| {
+            l.contains("handshake failed")
+                && l.contains(cause)
+                && l.contains(&format!("from={from}"))
+        })
     };
     let both = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
         logged("unknown_key", "10.97.0.2:41001") && logged("bad_mac1", "10.97.0.2:41002")
     });
     assert!(both, "no log lines for both failed handshakes:\n{}", text());
     let log_text = text();
-    assert!(!log_text.contains(&hub_key.private), "a private key was logged");
-    for line in log_text.lines().filter(|l| l.contains("handshake failed")).take(2) {
+    assert!(
+        !log_text.contains(&hub_key.private),
+        "a private key was logged"
+    );
+    for line in log_text
+        .lines()
+        .filter(|l| l.contains("handshake failed"))
+        .take(2)
+    {
         println!("{line}");
     }
     drop(spokes);
@@ -384,7 +485,14 @@ fn failed_handshakes_are_logged_with_cause_and_source_after_detaching() {
 fn rtts(output: &str) -> Vec<f64> {
     let mut v: Vec<f64> = output
         .lines()
-        .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     v.sort_by(f64::total_cmp);
     v
@@ -412,13 +520,45 @@ fn reading_stats_at_100k_peers_beside_a_pinging_tunnel() {
     let (hub_if, spoke_if) = (unique_ifname("cw"), unique_ifname("cw"));
     let (hub_key, spoke_key) = (Keypair::generate(), Keypair::generate());
     let metrics = format!("127.0.0.1:{METRICS_PORT}");
-    let _hub = start(&hub_ns, &hub_if, &["--metrics", &metrics, "--metrics-peers", "all"], &[]);
+    let _hub = start(
+        &hub_ns,
+        &hub_if,
+        &["--metrics", &metrics, "--metrics-peers", "all"],
+        &[],
+    );
     let _spoke = start(&spoke_ns, &spoke_if, &[], &[]);
     let port = PORT.to_string();
-    wg_set_private_key(&hub_ns, &hub_if, &hub_key.private, &["listen-port", &port, "peer", &spoke_key.public, "allowed-ips", "10.0.0.2/32"]);
+    wg_set_private_key(
+        &hub_ns,
+        &hub_if,
+        &hub_key.private,
+        &[
+            "listen-port",
+            &port,
+            "peer",
+            &spoke_key.public,
+            "allowed-ips",
+            "10.0.0.2/32",
+        ],
+    );
     let endpoint = format!("10.97.0.1:{PORT}");
-    wg_set_private_key(&spoke_ns, &spoke_if, &spoke_key.private, &["peer", &hub_key.public, "endpoint", &endpoint, "allowed-ips", "10.0.0.0/24"]);
-    for (ns, ifname, addr) in [(&hub_ns, &hub_if, "10.0.0.1/24"), (&spoke_ns, &spoke_if, "10.0.0.2/24")] {
+    wg_set_private_key(
+        &spoke_ns,
+        &spoke_if,
+        &spoke_key.private,
+        &[
+            "peer",
+            &hub_key.public,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            "10.0.0.0/24",
+        ],
+    );
+    for (ns, ifname, addr) in [
+        (&hub_ns, &hub_if, "10.0.0.1/24"),
+        (&spoke_ns, &spoke_if, "10.0.0.2/24"),
+    ] {
         ns.ip_ok(&["addr", "add", addr, "dev", ifname]);
         ns.ip_ok(&["link", "set", ifname, "up"]);
     }
@@ -430,17 +570,33 @@ fn reading_stats_at_100k_peers_beside_a_pinging_tunnel() {
     use base64::Engine;
     for (i, k) in raw.chunks_exact(32).enumerate() {
         let key = base64::engine::general_purpose::STANDARD.encode(k);
-        conf.push_str(&format!("[Peer]\nPublicKey = {key}\nAllowedIPs = 10.{}.{}.{}/32\n", 128 + (i >> 16), (i >> 8) & 255, i & 255));
+        conf.push_str(&format!(
+            "[Peer]\nPublicKey = {key}\nAllowedIPs = 10.{}.{}.{}/32\n",
+            128 + (i >> 16),
+            (i >> 8) & 255,
+            i & 255
+        ));
     }
     let file = dir.write("peers.conf", &conf);
     let file = file.display().to_string();
-    let out = run(hub_ns.command("wg", &["addconf", &hub_if, &file]), None, Duration::from_secs(300));
-    assert!(out.status.success(), "wg addconf: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        hub_ns.command("wg", &["addconf", &hub_if, &file]),
+        None,
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "wg addconf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(ping(&spoke_ns, "10.0.0.1", 3, Duration::from_secs(10)).all_received());
 
     let ping_run = || {
         let out = run(
-            spoke_ns.command("ping", &["-n", "-i", "0.01", "-c", "800", "-W", "1", "10.0.0.1"]),
+            spoke_ns.command(
+                "ping",
+                &["-n", "-i", "0.01", "-c", "800", "-W", "1", "10.0.0.1"],
+            ),
             None,
             Duration::from_secs(60),
         );

@@ -438,6 +438,8 @@ impl Worker {
             match done.kind {
                 // The device is gone; the control plane sees it on netlink.
                 OpKind::TunReadMulti if result == -libc::EBADFD => {}
+                // Cancelled on purpose: the listen port changed.
+                OpKind::UdpRecvMulti { .. } if result == -libc::ECANCELED => {}
                 OpKind::TunReadMulti | OpKind::UdpRecvMulti { .. } => {
                     tracing::error!(kind = ?done.kind, errno = -result, "receive failed; not re-armed")
                 }
