@@ -9,7 +9,8 @@
 //! ([`MAX_CLIENTS`] served at once per listener, the rest closed at once),
 //! and so are requests ([`MAX_REQUEST`] bytes, [`IO_TIMEOUT`] to send
 //! them and read the answer): a hostile or stuck client costs a thread for
-//! a few seconds at most.
+//! a few seconds at most. The threads run at nice 19, so a large report
+//! takes CPU only when the workers leave some.
 //!
 //! The stats socket speaks one line each way: the client writes
 //! `peers=N` (or `peers=all`) and a newline, the daemon answers with the
@@ -191,10 +192,19 @@ impl Drop for StatsService {
     }
 }
 
+/// Starts a thread at the lowest CPU priority (nice 19): rendering a
+/// large report must not take a core from a worker when the machine is
+/// busy.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
     std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(f)
+        .spawn(move || {
+            // On Linux a nice value belongs to the thread (0: this one).
+            // SAFETY: plain syscall on the calling thread; a failure only
+            // leaves the priority as it was.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            f()
+        })
         .map(drop)
 }
 
