@@ -121,24 +121,32 @@ pub struct DaemonArgs {
     pub xdp: Option<String>,
 
     /// Serve Prometheus metrics at ADDR: PORT (on 127.0.0.1), IP:PORT, or
-    /// unix:/PATH. Default: off, or $COREWIRE_METRICS.
-    #[arg(long, value_name = "ADDR")]
+    /// unix:/PATH. Off unless given.
+    #[arg(long, value_name = "ADDR", env = "COREWIRE_METRICS")]
     pub metrics: Option<MetricsAddr>,
 
-    /// Per-peer series on the metrics endpoint: the N busiest peers, or
-    /// `all`. Default: 0 (none), or $COREWIRE_METRICS_PEERS.
-    #[arg(long, value_name = "N|all")]
-    pub metrics_peers: Option<PeerLimit>,
+    /// Per-peer series on the metrics endpoint: the N busiest peers, or `all`.
+    #[arg(
+        long,
+        value_name = "N|all",
+        env = "COREWIRE_METRICS_PEERS",
+        default_value = "0"
+    )]
+    pub metrics_peers: PeerLimit,
 
     /// Name peers after the `# Name = ...` comments of this wg-quick
-    /// configuration file. Default: $COREWIRE_PEER_NAMES.
-    #[arg(long, value_name = "FILE")]
+    /// configuration file.
+    #[arg(long, value_name = "FILE", env = "COREWIRE_PEER_NAMES")]
     pub peer_names: Option<PathBuf>,
 
     /// Log a counters summary (info level) every MINUTES; 0 turns it off.
-    /// Default: 5, or $COREWIRE_LOG_SUMMARY.
-    #[arg(long, value_name = "MINUTES")]
-    pub log_summary: Option<u64>,
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        env = "COREWIRE_LOG_SUMMARY",
+        default_value = "5"
+    )]
+    pub log_summary: u64,
 
     /// More log output (-v debug, -vv trace); overrides LOG_LEVEL.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -267,7 +275,7 @@ mod tests {
             cli.daemon.metrics,
             Some(MetricsAddr::Tcp("127.0.0.1:9586".parse().unwrap()))
         );
-        assert_eq!(cli.daemon.metrics_peers, Some(PeerLimit::Top(50)));
+        assert_eq!(cli.daemon.metrics_peers, PeerLimit::Top(50));
         let cli =
             Cli::try_parse_from(["corewire", "--metrics", "unix:/run/m.sock", "wg0"]).unwrap();
         assert_eq!(

@@ -25,13 +25,10 @@ use corewire_dataplane::engine::tun::Tun;
 
 use crate::cli::{DaemonArgs, Steering};
 use crate::config::DeviceConfig;
-use crate::stats::{MetricsAddr, PeerLimit, StatsOptions, StatsService};
+use crate::stats::{StatsOptions, StatsService};
 use crate::uapi::server::{poll, UapiServer, SOCKET_DIR};
 use detach::Readiness;
 use signals::Signals;
-
-/// Minutes between two counters summaries in the log, by default.
-const DEFAULT_SUMMARY_MINUTES: u64 = 5;
 
 /// How often the control loop checks that its socket file is still there.
 const SOCKET_CHECK: Duration = Duration::from_millis(500);
@@ -62,13 +59,7 @@ pub fn run(args: &DaemonArgs) -> std::process::ExitCode {
     // is the journal); otherwise stdio is detached entirely.
     ready.keep_stderr(log_level_set());
     init_logging(args.verbose, args.foreground);
-    let opts = match stats_options(args) {
-        Ok(o) => o,
-        Err(e) => {
-            ready.fail(&e);
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let opts = stats_options(args);
     match serve(args, &ifname, &opts, &mut ready) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
@@ -86,40 +77,15 @@ fn log_level_set() -> bool {
     std::env::var("LOG_LEVEL").is_ok_and(|v| !v.is_empty() && v != "silent")
 }
 
-/// The stats and metrics options: each flag, or else its environment
-/// variable (wg-quick passes no flags), or else the default.
-fn stats_options(args: &DaemonArgs) -> Result<StatsOptions, String> {
-    fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match std::env::var(name) {
-            Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e| format!("{name}={v}: {e}")),
-            _ => Ok(None),
-        }
+/// The stats and metrics options (flags, or their environment variables).
+fn stats_options(args: &DaemonArgs) -> StatsOptions {
+    StatsOptions {
+        metrics: args.metrics.clone(),
+        metrics_peers: args.metrics_peers,
+        peer_names: args.peer_names.clone(),
+        summary_every: (args.log_summary > 0)
+            .then(|| Duration::from_secs(args.log_summary.saturating_mul(60))),
     }
-    let metrics = match &args.metrics {
-        Some(m) => Some(m.clone()),
-        None => env::<MetricsAddr>("COREWIRE_METRICS")?,
-    };
-    let metrics_peers = match args.metrics_peers {
-        Some(p) => p,
-        None => env("COREWIRE_METRICS_PEERS")?.unwrap_or(PeerLimit::Top(0)),
-    };
-    let peer_names = match &args.peer_names {
-        Some(p) => Some(p.clone()),
-        None => env::<std::path::PathBuf>("COREWIRE_PEER_NAMES")?,
-    };
-    let minutes = match args.log_summary {
-        Some(m) => m,
-        None => env("COREWIRE_LOG_SUMMARY")?.unwrap_or(DEFAULT_SUMMARY_MINUTES),
-    };
-    Ok(StatsOptions {
-        metrics,
-        metrics_peers,
-        peer_names,
-        summary_every: (minutes > 0).then(|| Duration::from_secs(minutes.saturating_mul(60))),
-    })
 }
 
 fn init_logging(verbose: u8, foreground: bool) {

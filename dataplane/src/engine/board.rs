@@ -343,8 +343,10 @@ mod tests {
     #[test]
     fn counters_are_published_and_read_back() {
         let p = Published::new(2);
-        let mut c = Counters::default();
-        c.udp_rx_datagrams = 7;
+        let mut c = Counters {
+            udp_rx_datagrams: 7,
+            ..Default::default()
+        };
         c.dropped.count(DropReason::BadMac);
         c.batch_sizes[3] = 2;
         let mut g = [0; N_GAUGES];

@@ -351,7 +351,11 @@ impl Corewire {
                     assert_eq!(peer, self.peer);
                     Some(CwRx::CookieAccepted)
                 }
-                Event::SessionConfirmed { .. } => None,
+                // Not an outcome of its own: roaming and load come with
+                // one of the above.
+                Event::SessionConfirmed { .. }
+                | Event::EndpointMoved { .. }
+                | Event::UnderLoad(_) => None,
             });
             outcome.unwrap_or_else(|| panic!("no outcome for a datagram: {events:?}"))
         };
