@@ -324,7 +324,7 @@ fn stats_client(s: &mut dyn Stream, shared: &Shared) -> io::Result<()> {
         .strip_prefix("peers=")
         .and_then(|v| v.parse().ok())
         .unwrap_or(PeerLimit::Top(0));
-    let body = render::json(&shared.report(limit)).to_string();
+    let body = render::json(&shared.report(limit));
     s.write_all(body.as_bytes())?;
     s.write_all(b"\n")
 }

@@ -227,10 +227,25 @@ fn peer_families(out: &mut String, peers: &[PeerRow]) {
     }
 }
 
-/// The report as JSON: counters (with their family, label, scope, per
-/// worker and total), drops by reason, gauges, the batch-size histogram,
-/// and the peers asked for.
-pub fn json(r: &Report) -> Value {
+/// One peer as JSON.
+fn peer_json(p: &PeerRow) -> Value {
+    json!({
+        "public_key": p.entry.public_key.to_base64(),
+        "name": p.name,
+        "endpoint": p.entry.endpoint.map(|e| e.to_string()),
+        "last_handshake": p.entry.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        "rx_bytes": p.entry.rx_bytes,
+        "tx_bytes": p.entry.tx_bytes,
+        "dropped": p.entry.dropped,
+        "handshake_failures": p.entry.handshake_failures,
+    })
+}
+
+/// The report as JSON text: counters (with their family, label, scope,
+/// per worker and total), drops by reason, gauges, the batch-size
+/// histogram, and the peers asked for (written one at a time, so 100,000
+/// peers never stand as one tree of values in memory).
+pub fn json(r: &Report) -> String {
     let counters: Vec<Value> = Counters::INFO
         .iter()
         .enumerate()
@@ -262,23 +277,7 @@ pub fn json(r: &Report) -> Value {
             json!({"name": g.name(), "help": g.help(), "total": per.iter().sum::<u64>(), "workers": per})
         })
         .collect();
-    let peers: Vec<Value> = r
-        .peers
-        .iter()
-        .map(|p| {
-            json!({
-                "public_key": p.entry.public_key.to_base64(),
-                "name": p.name,
-                "endpoint": p.entry.endpoint.map(|e| e.to_string()),
-                "last_handshake": p.entry.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-                "rx_bytes": p.entry.rx_bytes,
-                "tx_bytes": p.entry.tx_bytes,
-                "dropped": p.entry.dropped,
-                "handshake_failures": p.entry.handshake_failures,
-            })
-        })
-        .collect();
-    json!({
+    let head = json!({
         "interface": r.ifname,
         "version": env!("CARGO_PKG_VERSION"),
         "workers": r.workers.len(),
@@ -291,8 +290,19 @@ pub fn json(r: &Report) -> Value {
         },
         "peers_total": r.peers_total,
         "peers_fresh": r.peers_fresh,
-        "peers": peers,
-    })
+    });
+    let mut out = head.to_string();
+    // The head is an object: reopen it for the peers.
+    out.pop();
+    out.push_str(",\"peers\":[");
+    for (i, p) in r.peers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&peer_json(p).to_string());
+    }
+    out.push_str("]}");
+    out
 }
 
 #[cfg(test)]
