@@ -225,8 +225,8 @@ impl PeerPublisher {
     /// One step (the worker, once per loop turn): starts a pass if a
     /// reader asked since the last one, copies the next
     /// [`PEER_PUBLISH_CHUNK`] peers, and publishes when all are copied.
-    /// Returns whether a pass is still running (the worker should come
-    /// back without sleeping).
+    /// Returns whether the pass has more peers to copy (the worker should
+    /// come back without sleeping).
     pub fn step(&mut self, iface: &Interface, board: &WorkerBoard) -> bool {
         let start = match self.next {
             Some(s) => s,
@@ -269,9 +269,13 @@ impl PeerPublisher {
                 self.next = None;
                 false
             }
+            // Not `true`: the reader holding it may be a low-priority
+            // thread, and a worker spinning on it would take the CPU it
+            // needs. The swap is tried again at the next turn (at the
+            // latest the next timer tick).
             Err(_) => {
                 self.next = Some(slots);
-                true
+                false
             }
         }
     }
