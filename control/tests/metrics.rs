@@ -199,6 +199,14 @@ fn spoke_up(ns: &Netns, ifname: &str, key: &Keypair, hub: &str) -> Proc {
     p
 }
 
+/// The hub's and the spoke's namespaces and the veth between them (hub
+/// 10.97.0.1, spoke 10.97.0.2); drop the veth first.
+fn namespaces() -> (Netns, Netns, Veth) {
+    let (hub, spoke) = (Netns::new("mt"), Netns::new("mt"));
+    let veth = Veth::pair(&hub, &spoke, &["10.97.0.1/24"], &["10.97.0.2/24"]);
+    (hub, spoke, veth)
+}
+
 fn corewire_stats(args: &[&str]) -> String {
     let mut cmd = Command::new(WgImpl::Corewire.binary());
     cmd.arg("stats").args(args);
@@ -212,8 +220,7 @@ fn metrics_follow_traffic_drops_and_handshakes() {
         return;
     }
     let _timed = Timed::new(test);
-    let (hub_ns, spoke_ns) = (Netns::new("mt"), Netns::new("mt"));
-    let _veth = Veth::pair(&hub_ns, &spoke_ns, &["10.97.0.1/24"], &["10.97.0.2/24"]);
+    let (hub_ns, spoke_ns, _veth) = namespaces();
     let (hub_if, spoke_if) = (unique_ifname("cw"), unique_ifname("cw"));
     let (hub_key, spoke_key) = (Keypair::generate(), Keypair::generate());
     let dir = TempDir::new("mt");
@@ -394,8 +401,7 @@ fn failed_handshakes_are_logged_with_cause_and_source_after_detaching() {
         return;
     }
     let _timed = Timed::new(test);
-    let (hub_ns, spoke_ns) = (Netns::new("mt"), Netns::new("mt"));
-    let _veth = Veth::pair(&hub_ns, &spoke_ns, &["10.97.0.1/24"], &["10.97.0.2/24"]);
+    let (hub_ns, spoke_ns, _veth) = namespaces();
     let (hub_if, stranger_if, confused_if) = (
         unique_ifname("cw"),
         unique_ifname("cw"),
@@ -572,8 +578,7 @@ fn reading_stats_at_100k_peers_beside_a_pinging_tunnel() {
         return;
     }
     let _timed = Timed::new(test);
-    let (hub_ns, spoke_ns) = (Netns::new("mt"), Netns::new("mt"));
-    let _veth = Veth::pair(&hub_ns, &spoke_ns, &["10.97.0.1/24"], &["10.97.0.2/24"]);
+    let (hub_ns, spoke_ns, _veth) = namespaces();
     let (hub_if, spoke_if) = (unique_ifname("cw"), unique_ifname("cw"));
     let (hub_key, spoke_key) = (Keypair::generate(), Keypair::generate());
     let metrics = format!("127.0.0.1:{METRICS_PORT}");
