@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use corewire_testkit as kit;
 
 pub mod sim;
+pub mod stats;
 
 pub use kit::serde_json::Value as Json;
 pub use kit::{

@@ -21,14 +21,15 @@ use io_uring::IoUring;
 
 mod kernel;
 mod log;
+mod publish;
 
 use kernel::Kernel;
 use log::EventLog;
 
-use super::board::{Gauge, PeerPublisher, WorkerBoard};
+use super::board::{PeerPublisher, WorkerBoard};
 use super::bufring::{BufRing, Refused};
 use super::config::{Change, PeerStats};
-use super::counters::{Counters, DropReason, BATCH_BUCKETS};
+use super::counters::{Counters, DropReason};
 use super::limits::{
     APPLY_CHUNK, MAILBOX_TURN, MAX_SEGMENTS, POOL_CAP, SLOTS, SUBMIT_EVERY, TICK, TUN_RING,
     UDP_RING,
@@ -342,33 +343,6 @@ impl Worker {
             self.queued = 0;
             let _ = self.ring.submit();
         }
-    }
-
-    /// Counts the loop turn and its batch of completions, and publishes
-    /// the counters and gauges (relaxed stores, see `board.rs`).
-    fn count_turn(&mut self) {
-        let n = self.completions.len() as u64;
-        let bucket = BATCH_BUCKETS
-            .iter()
-            .position(|&b| n <= b)
-            .unwrap_or(BATCH_BUCKETS.len());
-        let c = self.shard.counters_mut();
-        c.loop_turns += 1;
-        c.completions += n;
-        c.batch_sizes[bucket] += 1;
-        let mut gauges = [0; Gauge::ALL.len()];
-        for g in Gauge::ALL {
-            gauges[g as usize] = match g {
-                Gauge::Peers => self.shard.interface().peer_count() as u64,
-                Gauge::Staged => self.shard.staged_total() as u64,
-                Gauge::HandshakeQueue => self.shard.handshakes_waiting() as u64,
-                Gauge::UnderLoad => u64::from(self.shard.under_load()),
-                Gauge::BuffersFree => self.shard.pool().free() as u64,
-                Gauge::BuffersAllocated => self.shard.pool().allocated(),
-                Gauge::OpsInFlight => self.ops.in_flight() as u64,
-            };
-        }
-        self.board.publish(self.shard.counters(), &gauges);
     }
 
     /// The buffer a receive filled under `bid` in `group`, or `None` if
