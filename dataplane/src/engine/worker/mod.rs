@@ -39,9 +39,7 @@ use super::pool::{Buf, Depot, Packet, Pool, BUF_SIZE};
 use super::routes::SharedRoutes;
 use super::shard::{CookieSeed, Directory, Handoff, Shard, ShardSetup, UdpTx, TUN_READ_AT};
 use super::tun::Offload;
-use crate::proto::index::{IndexChange, IndexTable};
 use crate::proto::messages::{HEADROOM, TAILROOM};
-use crate::proto::peer::PeerId;
 
 /// Buffer group ids of the two provided-buffer rings.
 const UDP_GROUP: u16 = 0;
@@ -325,19 +323,7 @@ impl Worker {
     fn execute(&mut self) {
         let mut io = kernel!(self);
         self.queued += self.shard.execute(&mut io);
-        if let Some(live) = &mut self.live {
-            let refused = publish_indexes(live, self.shard.interface_mut().indexes_mut());
-            let counters = self.shard.counters_mut();
-            for _ in 0..refused {
-                counters.live_index_refused += 1;
-                if counters.live_index_refused.is_power_of_two() {
-                    tracing::warn!(
-                        count = counters.live_index_refused,
-                        "XDP guard: live indexes not published (map full); their datagrams are dropped"
-                    );
-                }
-            }
-        }
+        self.publish_live_indexes();
         self.log.events(&mut self.shard, self.now);
         if self.queued >= SUBMIT_EVERY {
             self.queued = 0;
@@ -638,20 +624,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// Mirrors the index changes since the last call into the XDP guard's map
-/// (a syscall each: they happen per handshake, not per packet). Returns
-/// how many the map refused (full): the guard drops their datagrams.
-fn publish_indexes(live: &mut LiveIndexes, indexes: &mut IndexTable<PeerId>) -> u64 {
-    let mut refused = 0;
-    for change in indexes.take_changes() {
-        match change {
-            IndexChange::Added(i) => refused += u64::from(live.insert(i).is_err()),
-            IndexChange::Removed(i) => live.remove(i),
-        }
-    }
-    refused
 }
 
 const _: () = assert!(BUF_SIZE > 65535 + HEADROOM + TAILROOM);
