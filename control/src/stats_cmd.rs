@@ -105,6 +105,7 @@ fn table(v: &Value, all: bool, out: &mut String) -> Result<()> {
             name.trim_start_matches("corewire_")
         );
     }
+    hidden += steering(&v["steering"], all, out);
     let _ = write!(out, "\n{:<34}", "worker");
     for w in 0..workers {
         let _ = write!(out, " {:>14}", format!("w{w}"));
@@ -184,16 +185,58 @@ fn table(v: &Value, all: bool, out: &mut String) -> Result<()> {
     Ok(())
 }
 
+/// The steering section: which steering runs, then the counters of the
+/// programs that run (zero ones only with `all`). Returns how many zero
+/// counters it left out.
+fn steering(s: &Value, all: bool, out: &mut String) -> usize {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "\nsteering: datagrams {}, TUN packets {}, XDP guard {}",
+        s["udp"].as_str().unwrap_or("?"),
+        s["tun"].as_str().unwrap_or("?"),
+        s["xdp"].as_str().unwrap_or("?")
+    );
+    let mut hidden = 0;
+    for c in s["counters"].as_array().into_iter().flatten() {
+        let Some(value) = c["value"].as_u64() else {
+            continue;
+        };
+        if value == 0 && !all {
+            hidden += 1;
+            continue;
+        }
+        let family = c["family"].as_str().unwrap_or("");
+        let name = match c["label"].as_str() {
+            Some(l) => format!("{family} {{{l}}}"),
+            None => family.to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<60} {value:>14}",
+            name.trim_start_matches("corewire_")
+        );
+    }
+    hidden
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stats::render;
     use crate::stats::report::{PeerLimit, Report};
     use corewire_dataplane::engine::board::Published;
+    use corewire_dataplane::engine::steer::SteeringReader;
 
     #[test]
     fn the_table_shows_what_the_json_has() {
-        let report = Report::gather(&Published::new(2), "wg9", PeerLimit::Top(0), None);
+        let report = Report::gather(
+            &Published::new(2),
+            &SteeringReader::default(),
+            "wg9",
+            PeerLimit::Top(0),
+            None,
+        );
         let v: Value = serde_json::from_str(&render::json(&report)).expect("valid JSON");
         let mut out = String::new();
         table(&v, true, &mut out).expect("table");
@@ -204,6 +247,10 @@ mod tests {
         );
         assert!(out.contains("dropped: bad_mac1"), "{out}");
         assert!(out.contains("udp_rx_datagrams"), "{out}");
+        assert!(
+            out.contains("steering: datagrams off, TUN packets off, XDP guard off"),
+            "{out}"
+        );
         let mut short = String::new();
         table(&v, false, &mut short).expect("table");
         assert!(short.contains("zero counters not shown"), "{short}");

@@ -12,13 +12,16 @@
 //!
 //! [`common`] holds the map layouts and counter indexes both sides share.
 //! Every program counts what it did in a per-CPU array, read back as a
-//! plain struct, which is how tests prove a program ran.
+//! plain struct, which is how tests prove a program ran; a
+//! [`CounterReader`] reads them from any thread on a descriptor of its own.
 
 pub mod common;
 mod counters;
 pub mod tun;
 pub mod udp;
 pub mod xdp;
+
+pub use counters::{CounterReader, FromCounters};
 
 /// The program `name` of `ebpf` as its kind `P` (`Xdp`, `SocketFilter`, ...).
 fn program_mut<'e, P>(ebpf: &'e mut aya::Ebpf, name: &'static str) -> Result<&'e mut P, Error>

@@ -12,7 +12,8 @@ use aya::programs::SocketFilter;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::common::{tun_stat, RouteKey};
-use crate::{counters, Error};
+use crate::counters::{self, CounterReader, FromCounters};
+use crate::Error;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer_tun.o"));
 const PROGRAM: &str = "steer_tun";
@@ -27,6 +28,17 @@ pub struct TunSteerStats {
     pub hits: u64,
     /// Packets whose destination no prefix holds: flow hash.
     pub misses: u64,
+}
+
+impl FromCounters for TunSteerStats {
+    const MAP: &'static str = "tun_stats";
+    const COUNT: usize = tun_stat::COUNT as usize;
+    fn from_counters(c: &[u64]) -> Self {
+        Self {
+            hits: c[tun_stat::HIT as usize],
+            misses: c[tun_stat::MISS as usize],
+        }
+    }
 }
 
 /// The loaded program and its tries.
@@ -111,11 +123,12 @@ impl TunSteering {
 
     /// What the program counted so far.
     pub fn stats(&self) -> Result<TunSteerStats, Error> {
-        let c: [u64; tun_stat::COUNT as usize] = counters::read(&self.ebpf, "tun_stats")?;
-        Ok(TunSteerStats {
-            hits: c[tun_stat::HIT as usize],
-            misses: c[tun_stat::MISS as usize],
-        })
+        counters::read(&self.ebpf)
+    }
+
+    /// A reader of the program's counters for another thread.
+    pub fn stats_reader(&self) -> Result<CounterReader<TunSteerStats>, Error> {
+        CounterReader::open(&self.ebpf)
     }
 }
 

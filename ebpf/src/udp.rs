@@ -11,7 +11,8 @@ use aya::programs::SkReuseport;
 use aya::Ebpf;
 
 use crate::common::{udp_stat, UdpConfig, MAX_WORKERS};
-use crate::{counters, Error};
+use crate::counters::{self, CounterReader, FromCounters};
+use crate::Error;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer_udp.o"));
 const PROGRAM: &str = "steer_udp";
@@ -41,6 +42,20 @@ impl UdpSteerStats {
     /// Datagrams left to the kernel's hash.
     pub fn fallbacks(&self) -> u64 {
         self.no_worker + self.no_socket + self.unsteered
+    }
+}
+
+impl FromCounters for UdpSteerStats {
+    const MAP: &'static str = "udp_stats";
+    const COUNT: usize = udp_stat::COUNT as usize;
+    fn from_counters(c: &[u64]) -> Self {
+        Self {
+            by_index: c[udp_stat::BY_INDEX as usize],
+            by_source: c[udp_stat::BY_SOURCE as usize],
+            no_worker: c[udp_stat::NO_WORKER as usize],
+            no_socket: c[udp_stat::NO_SOCKET as usize],
+            unsteered: c[udp_stat::UNSTEERED as usize],
+        }
     }
 }
 
@@ -103,13 +118,11 @@ impl UdpSteering {
 
     /// What the program counted so far.
     pub fn stats(&self) -> Result<UdpSteerStats, Error> {
-        let c: [u64; udp_stat::COUNT as usize] = counters::read(&self.ebpf, "udp_stats")?;
-        Ok(UdpSteerStats {
-            by_index: c[udp_stat::BY_INDEX as usize],
-            by_source: c[udp_stat::BY_SOURCE as usize],
-            no_worker: c[udp_stat::NO_WORKER as usize],
-            no_socket: c[udp_stat::NO_SOCKET as usize],
-            unsteered: c[udp_stat::UNSTEERED as usize],
-        })
+        counters::read(&self.ebpf)
+    }
+
+    /// A reader of the program's counters for another thread.
+    pub fn stats_reader(&self) -> Result<CounterReader<UdpSteerStats>, Error> {
+        CounterReader::open(&self.ebpf)
     }
 }

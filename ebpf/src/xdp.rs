@@ -10,7 +10,8 @@ use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::common::{xdp_stat, GuardConfig};
-use crate::{counters, Error};
+use crate::counters::{self, CounterReader, FromCounters};
+use crate::Error;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_guard.o"));
 const PROGRAM: &str = "xdp_guard";
@@ -45,6 +46,23 @@ impl XdpStats {
     /// Datagrams to corewire's port that were passed.
     pub fn passed(&self) -> u64 {
         self.pass_initiation + self.pass_response + self.pass_cookie_reply + self.pass_data
+    }
+}
+
+impl FromCounters for XdpStats {
+    const MAP: &'static str = "xdp_stats";
+    const COUNT: usize = xdp_stat::COUNT as usize;
+    fn from_counters(c: &[u64]) -> Self {
+        Self {
+            pass_initiation: c[xdp_stat::PASS_INITIATION as usize],
+            pass_response: c[xdp_stat::PASS_RESPONSE as usize],
+            pass_cookie_reply: c[xdp_stat::PASS_COOKIE_REPLY as usize],
+            pass_data: c[xdp_stat::PASS_DATA as usize],
+            drop_bad_type: c[xdp_stat::DROP_BAD_TYPE as usize],
+            drop_bad_length: c[xdp_stat::DROP_BAD_LENGTH as usize],
+            drop_unknown_index: c[xdp_stat::DROP_UNKNOWN_INDEX as usize],
+            pass_other: c[xdp_stat::PASS_OTHER as usize],
+        }
     }
 }
 
@@ -133,17 +151,12 @@ impl XdpGuard {
 
     /// What the guard counted so far.
     pub fn stats(&self) -> Result<XdpStats, Error> {
-        let c: [u64; xdp_stat::COUNT as usize] = counters::read(&self.ebpf, "xdp_stats")?;
-        Ok(XdpStats {
-            pass_initiation: c[xdp_stat::PASS_INITIATION as usize],
-            pass_response: c[xdp_stat::PASS_RESPONSE as usize],
-            pass_cookie_reply: c[xdp_stat::PASS_COOKIE_REPLY as usize],
-            pass_data: c[xdp_stat::PASS_DATA as usize],
-            drop_bad_type: c[xdp_stat::DROP_BAD_TYPE as usize],
-            drop_bad_length: c[xdp_stat::DROP_BAD_LENGTH as usize],
-            drop_unknown_index: c[xdp_stat::DROP_UNKNOWN_INDEX as usize],
-            pass_other: c[xdp_stat::PASS_OTHER as usize],
-        })
+        counters::read(&self.ebpf)
+    }
+
+    /// A reader of the guard's counters for another thread.
+    pub fn stats_reader(&self) -> Result<CounterReader<XdpStats>, Error> {
+        CounterReader::open(&self.ebpf)
     }
 }
 

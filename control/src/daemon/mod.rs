@@ -145,6 +145,7 @@ fn serve(
         .with_context(|| format!("creating the UAPI socket in {SOCKET_DIR}"))?;
     let stats = StatsService::start(
         engine.published(),
+        engine.steering(),
         Path::new(SOCKET_DIR),
         ifname,
         stats_opts,
@@ -234,11 +235,8 @@ fn control_loop(
         }
         if fds[1].revents != 0 {
             match signals.take() {
-                // Until `corewire stats` reads them: one line, key=value.
-                Some(libc::SIGUSR1) => match engine.steering_stats() {
-                    Ok(s) => tracing::info!("steering counters: {s}"),
-                    Err(e) => tracing::warn!("steering counters: {e}"),
-                },
+                // What `corewire stats` exports, on one line (key=value).
+                Some(libc::SIGUSR1) => log_steering(engine),
                 Some(sig) => return Stop::Asked(format!("signal {sig}")),
                 None => {}
             }
@@ -276,4 +274,24 @@ fn control_loop(
             return Stop::Failed(why);
         }
     }
+}
+
+/// Logs each worker's handoffs (from their published counters) and the
+/// steering programs' counters (read from their maps), on one line of
+/// `key=value` pairs; per-worker values are comma-separated by worker.
+fn log_steering(engine: &Engine) {
+    let workers = engine.published().workers();
+    let per_worker = |field: &str| {
+        workers
+            .iter()
+            .map(|w| w.counter(field).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    tracing::info!(
+        "steering counters: handed_udp={} handed_tun={} {}",
+        per_worker("handed_udp"),
+        per_worker("handed_tun"),
+        engine.steering_stats()
+    );
 }

@@ -4,7 +4,7 @@
 //! the log every few minutes.
 //!
 //! All of it runs on threads of its own and reads what the workers
-//! publish ([`Report`]): neither the control thread (UAPI, signals,
+//! publish and the steering programs' counter maps ([`Report`]): neither the control thread (UAPI, signals,
 //! netlink) nor a worker ever waits for a reader. Connections are bounded
 //! ([`MAX_CLIENTS`] served at once per listener, the rest closed at once),
 //! and so are requests ([`MAX_REQUEST`] bytes, [`IO_TIMEOUT`] to send
@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corewire_dataplane::engine::board::{Gauge, Published};
+use corewire_dataplane::engine::steer::SteeringReader;
 
 use names::NamesFile;
 pub use report::PeerLimit;
@@ -88,6 +89,7 @@ pub struct StatsOptions {
 #[derive(Debug)]
 struct Shared {
     published: Published,
+    steering: SteeringReader,
     ifname: String,
     names: Option<Mutex<NamesFile>>,
     metrics_peers: PeerLimit,
@@ -98,9 +100,10 @@ impl Shared {
         match &self.names {
             Some(n) => {
                 let mut n = n.lock().unwrap_or_else(|e| e.into_inner());
-                Report::gather(&self.published, &self.ifname, limit, Some(n.current()))
+                let names = Some(n.current());
+                Report::gather(&self.published, &self.steering, &self.ifname, limit, names)
             }
-            None => Report::gather(&self.published, &self.ifname, limit, None),
+            None => Report::gather(&self.published, &self.steering, &self.ifname, limit, None),
         }
     }
 }
@@ -123,12 +126,14 @@ impl StatsService {
     /// and starts serving them, and the summary, on threads of their own.
     pub fn start(
         published: Published,
+        steering: SteeringReader,
         dir: &Path,
         ifname: &str,
         opts: &StatsOptions,
     ) -> io::Result<StatsService> {
         let shared = Arc::new(Shared {
             published,
+            steering,
             ifname: ifname.to_owned(),
             names: opts
                 .peer_names

@@ -9,6 +9,7 @@ use corewire_dataplane::engine::board::Gauge;
 use corewire_dataplane::engine::counters::{
     CounterInfo, Counters, DropReason, Scope, BATCH_BUCKETS,
 };
+use corewire_dataplane::engine::steer::{SteeringStats, STEERING_COUNTERS};
 use serde_json::{json, Value};
 
 use super::report::{PeerRow, Report};
@@ -55,16 +56,53 @@ fn value(v: u64, scale: u64) -> String {
     }
 }
 
-/// The counters of [`Counters::INFO`] grouped by family, in order.
-fn families() -> Vec<Vec<(usize, &'static CounterInfo)>> {
-    let mut out: Vec<Vec<(usize, &'static CounterInfo)>> = Vec::new();
-    for (i, info) in Counters::INFO.iter().enumerate() {
+/// `infos` grouped by family (each with its index in `infos`), in order.
+fn families<'a>(
+    infos: impl Iterator<Item = &'a CounterInfo>,
+) -> Vec<Vec<(usize, &'a CounterInfo)>> {
+    let mut out: Vec<Vec<(usize, &CounterInfo)>> = Vec::new();
+    for (i, info) in infos.enumerate() {
         match out.iter_mut().find(|f| f[0].1.family == info.family) {
             Some(f) => f.push((i, info)),
             None => out.push(vec![(i, info)]),
         }
     }
     out
+}
+
+/// Which steering runs, and the counters of the programs that run (a
+/// program that does not run has no series).
+fn steering(out: &mut String, s: &SteeringStats) {
+    header(
+        out,
+        "corewire_steering_info",
+        "gauge",
+        "Always 1; labels say how datagrams (ebpf, classic, off) and TUN packets (ebpf, off) are steered and how the XDP guard runs (native, generic, off).",
+    );
+    let _ = writeln!(
+        out,
+        "corewire_steering_info{} 1",
+        labels(&[
+            ("udp", s.udp_label()),
+            ("tun", s.tun_label()),
+            ("xdp", s.xdp_label())
+        ])
+    );
+    for fam in families(STEERING_COUNTERS.iter().map(|c| &c.info)) {
+        let values: Vec<(&CounterInfo, u64)> = fam
+            .iter()
+            .filter_map(|(i, info)| (STEERING_COUNTERS[*i].value)(s).map(|v| (*info, v)))
+            .collect();
+        let Some((first, _)) = values.first() else {
+            continue;
+        };
+        let name = format!("corewire_{}_total", first.family);
+        header(out, &name, "counter", first.help);
+        for (info, v) in &values {
+            let label: Vec<(&str, &str)> = info.label.into_iter().collect();
+            let _ = writeln!(out, "{name}{} {v}", labels(&label));
+        }
+    }
 }
 
 /// The report in Prometheus text format 0.0.4.
@@ -90,7 +128,7 @@ pub fn prometheus(r: &Report) -> String {
     header(&mut out, "corewire_peers", "gauge", "Configured peers.");
     let _ = writeln!(out, "corewire_peers {}", r.peers_total);
 
-    for fam in families() {
+    for fam in families(Counters::INFO.iter()) {
         let first = fam[0].1;
         let name = format!("corewire_{}_total", first.family);
         header(&mut out, &name, "counter", first.help);
@@ -117,6 +155,8 @@ pub fn prometheus(r: &Report) -> String {
             }
         }
     }
+
+    steering(&mut out, &r.steering);
 
     let name = "corewire_worker_dropped_total";
     header(
@@ -243,7 +283,8 @@ fn peer_json(p: &PeerRow) -> Value {
 
 /// The report as JSON text: counters (with their family, label, scope,
 /// per worker and total), drops by reason, gauges, the batch-size
-/// histogram, and the peers asked for (written one at a time, so 100,000
+/// histogram, which steering runs and its programs' counters (`value`
+/// null when the program does not run), and the peers asked for (written one at a time, so 100,000
 /// peers never stand as one tree of values in memory).
 pub fn json(r: &Report) -> String {
     let counters: Vec<Value> = Counters::INFO
@@ -277,6 +318,18 @@ pub fn json(r: &Report) -> String {
             json!({"name": g.name(), "help": g.help(), "total": per.iter().sum::<u64>(), "workers": per})
         })
         .collect();
+    let steering: Vec<Value> = STEERING_COUNTERS
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.info.field,
+                "family": format!("corewire_{}_total", c.info.family),
+                "label": c.info.label.map(|(k, v)| format!("{k}={v}")),
+                "help": c.info.help,
+                "value": (c.value)(&r.steering),
+            })
+        })
+        .collect();
     let head = json!({
         "interface": r.ifname,
         "version": env!("CARGO_PKG_VERSION"),
@@ -284,6 +337,12 @@ pub fn json(r: &Report) -> String {
         "counters": counters,
         "dropped": dropped,
         "gauges": gauges,
+        "steering": {
+            "udp": r.steering.udp_label(),
+            "tun": r.steering.tun_label(),
+            "xdp": r.steering.xdp_label(),
+            "counters": steering,
+        },
         "batch_sizes": {
             "le": BATCH_BUCKETS,
             "workers": r.workers.iter().map(|w| w.batch.to_vec()).collect::<Vec<_>>(),
@@ -309,12 +368,14 @@ pub fn json(r: &Report) -> String {
 mod tests {
     use super::*;
     use corewire_dataplane::engine::board::Published;
+    use corewire_dataplane::engine::steer::SteeringReader;
 
     #[test]
     fn every_family_has_help_and_type() {
         let published = Published::new(2);
         let report = Report::gather(
             &published,
+            &SteeringReader::default(),
             "wg0",
             super::super::report::PeerLimit::Top(0),
             None,
@@ -340,6 +401,9 @@ mod tests {
         }
         assert!(text.contains("corewire_handshake_failures_total{cause=\"bad_mac1\"} 0"));
         assert!(text.contains("corewire_worker_dropped_total{worker=\"1\",reason=\"bad_mac1\"} 0"));
+        // Nothing steered: which steering runs, and no program series.
+        assert!(text.contains("corewire_steering_info{udp=\"off\",tun=\"off\",xdp=\"off\"} 1"));
+        assert!(!text.contains("corewire_xdp_verdicts_total"));
     }
 
     #[test]

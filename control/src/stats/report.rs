@@ -1,14 +1,16 @@
 //! One reading of the running device's figures, as both exporters see
-//! it: every worker's published counters and gauges, and (when asked for)
-//! the busiest peers, with their friendly names. Gathering it reads the
-//! workers' boards; it never asks a worker anything (see the dataplane's
-//! `engine/board.rs`).
+//! it: every worker's published counters and gauges, what steering did
+//! (read from the programs' maps), and (when asked for) the busiest peers,
+//! with their friendly names. Gathering it reads the workers' boards and
+//! the maps; it never asks a worker anything (see the dataplane's
+//! `engine/board.rs` and `engine/steer/stats.rs`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use corewire_dataplane::engine::board::{Gauge, PeerEntry, Published, WorkerSnapshot};
+use corewire_dataplane::engine::steer::{SteeringReader, SteeringStats};
 
 use super::names::PeerNames;
 
@@ -89,6 +91,8 @@ pub struct Report {
     pub ifname: String,
     /// Every worker's figures, by worker number.
     pub workers: Vec<WorkerSnapshot>,
+    /// Which steering runs and what its programs counted.
+    pub steering: SteeringStats,
     /// The peers asked for, most traffic first.
     pub peers: Vec<PeerRow>,
     /// How many peers the device has.
@@ -103,11 +107,13 @@ impl Report {
     /// workers for fresh peer snapshots (waiting at most [`PEER_WAIT`]).
     pub fn gather(
         published: &Published,
+        steering: &SteeringReader,
         ifname: &str,
         limit: PeerLimit,
         names: Option<&PeerNames>,
     ) -> Report {
         let workers = published.workers();
+        let steering = steering.read();
         let peers_total = workers.iter().map(|w| w.gauge(Gauge::Peers)).sum();
         let (mut peers, mut peers_fresh) = (Vec::new(), true);
         let keep = match limit {
@@ -143,6 +149,7 @@ impl Report {
         Report {
             ifname: ifname.to_owned(),
             workers,
+            steering,
             peers,
             peers_total,
             peers_fresh,

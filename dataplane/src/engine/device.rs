@@ -21,7 +21,7 @@ use super::limits::{DEFAULT_MTU, DEPOT_LARGE, DEPOT_SMALL, MAILBOX};
 use super::pool::Depot;
 use super::routes::Routes;
 use super::shard::{CookieSeed, Directory};
-use super::steer::{Steering, SteeringMode, SteeringStats, UdpSteeringKind};
+use super::steer::{Steering, SteeringMode, SteeringReader, SteeringStats, UdpSteeringKind};
 use super::tun::Tun;
 use super::udp::UdpGroup;
 use super::worker::{Mailbox, Msg, Setup, UdpFds, Worker};
@@ -199,27 +199,17 @@ impl Engine {
         self.mailboxes.len()
     }
 
-    /// What steering did so far: the programs' counters and each worker's
-    /// handoffs. Asks every worker (between batches, like stats).
-    pub fn steering_stats(&self) -> Result<SteeringStats, ApplyError> {
-        let mut stats = self.steering.stats();
-        let (tx, rx) = bounded(self.workers());
-        self.broadcast(|| Msg::Counters(tx.clone()));
-        let deadline = Instant::now() + STATS_TIMEOUT;
-        let mut counters = vec![Counters::default(); self.workers()];
-        for _ in 0..self.workers() {
-            match rx.recv_deadline(deadline) {
-                Ok((i, c)) => {
-                    if let Some(slot) = counters.get_mut(i as usize) {
-                        *slot = c;
-                    }
-                }
-                Err(_) => return Err(ApplyError::Io(libc::ETIMEDOUT)),
-            }
-        }
-        stats.handed_tun = counters.iter().map(|c| c.handed_tun).collect();
-        stats.handed_udp = counters.iter().map(|c| c.handed_udp).collect();
-        Ok(stats)
+    /// What steering did so far (the programs' counters, read from their
+    /// maps on this thread; the workers' handoffs are in
+    /// [`published`](Self::published)).
+    pub fn steering_stats(&self) -> SteeringStats {
+        self.steering.stats()
+    }
+
+    /// A reader of what steering did, for readers on any thread (they
+    /// never wait on a worker or on the control thread).
+    pub fn steering(&self) -> SteeringReader {
+        self.steering.reader()
     }
 
     /// How datagrams are steered now.

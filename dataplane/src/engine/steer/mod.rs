@@ -15,13 +15,16 @@
 //! trie in step with the configuration, and reads the programs' counters.
 
 pub mod classic;
+mod stats;
+
+pub use stats::{SteeringCounter, SteeringReader, SteeringStats, STEERING_COUNTERS};
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 
-use corewire_ebpf::tun::{TunSteerStats, TunSteering};
-use corewire_ebpf::udp::{UdpSteerStats, UdpSteering};
-use corewire_ebpf::xdp::{LiveIndexes, XdpAttachMode, XdpGuard, XdpStats};
+use corewire_ebpf::tun::TunSteering;
+use corewire_ebpf::udp::UdpSteering;
+use corewire_ebpf::xdp::{LiveIndexes, XdpAttachMode, XdpGuard};
 
 use super::limits::{STEER_ROUTES, XDP_LIVE_INDEXES};
 use super::owner::{owner_of_key, worker_bits};
@@ -45,6 +48,7 @@ pub enum SteeringMode {
 
 /// How datagrams are being steered now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum UdpSteeringKind {
     /// `steer_udp`.
     Ebpf,
@@ -52,66 +56,6 @@ pub enum UdpSteeringKind {
     Classic,
     /// Not steered (one worker, mode off, or the kernel refused both).
     None,
-}
-
-/// What steering did, read at run time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SteeringStats {
-    /// `steer_udp`'s counters, when it runs.
-    pub udp: Option<UdpSteerStats>,
-    /// `steer_tun`'s counters, when it runs.
-    pub tun: Option<TunSteerStats>,
-    /// Prefixes the TUN trie refused (full): their packets are handed over.
-    pub tun_routes_refused: u64,
-    /// The XDP guard's verdicts, when it runs.
-    pub xdp: Option<XdpStats>,
-    /// Per worker: TUN packets it handed to another worker.
-    pub handed_tun: Vec<u64>,
-    /// Per worker: datagrams it handed to another worker.
-    pub handed_udp: Vec<u64>,
-}
-
-/// One line of `key=value` pairs (what the daemon logs on SIGUSR1):
-/// `udp_*` and `tun_*` from the steering programs (absent when they do not
-/// run), `xdp_*` the guard's verdicts, `handed_udp`/`handed_tun` each
-/// worker's handoffs, comma-separated by worker.
-impl std::fmt::Display for SteeringStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        write!(
-            f,
-            "handed_udp={} handed_tun={}",
-            list(&self.handed_udp),
-            list(&self.handed_tun)
-        )?;
-        if let Some(u) = &self.udp {
-            write!(
-                f,
-                " udp_by_index={} udp_by_source={} udp_no_worker={} udp_no_socket={} udp_unsteered={}",
-                u.by_index, u.by_source, u.no_worker, u.no_socket, u.unsteered
-            )?;
-        }
-        if let Some(t) = &self.tun {
-            write!(f, " tun_hits={} tun_misses={}", t.hits, t.misses)?;
-        }
-        write!(f, " tun_routes_refused={}", self.tun_routes_refused)?;
-        if let Some(x) = &self.xdp {
-            write!(
-                f,
-                " xdp_pass_initiation={} xdp_pass_response={} xdp_pass_cookie_reply={} xdp_pass_data={} \
-                 xdp_drop_bad_type={} xdp_drop_bad_length={} xdp_drop_unknown_index={} xdp_pass_other={}",
-                x.pass_initiation,
-                x.pass_response,
-                x.pass_cookie_reply,
-                x.pass_data,
-                x.drop_bad_type,
-                x.drop_bad_length,
-                x.drop_unknown_index,
-                x.pass_other
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// The steering programs of one engine.
@@ -124,6 +68,8 @@ pub struct Steering {
     tun: Option<TunSteering>,
     tun_routes_refused: u64,
     xdp: Option<XdpGuard>,
+    /// What readers on other threads see.
+    reader: SteeringReader,
 }
 
 impl Steering {
@@ -139,6 +85,7 @@ impl Steering {
             tun: None,
             tun_routes_refused: 0,
             xdp: None,
+            reader: SteeringReader::default(),
         };
         if let Some(iface) = xdp {
             // The port is set once the sockets are bound.
@@ -154,10 +101,16 @@ impl Steering {
                 Err(e) => tracing::warn!(iface, "XDP guard off: {}", chain(&e)),
             }
         }
-        if workers < 2 {
-            return s;
+        if workers >= 2 {
+            s.load_steering(tun);
         }
-        match mode {
+        s.reader = s.open_reader();
+        s
+    }
+
+    /// Loads the steering programs the mode asks for (two workers or more).
+    fn load_steering(&mut self, tun: &Tun) {
+        match self.mode {
             SteeringMode::Off => tracing::info!(
                 "steering off (--steering off): datagrams and TUN packets that reach the wrong worker are handed over"
             ),
@@ -165,8 +118,8 @@ impl Steering {
                 "eBPF steering off (--steering classic): datagrams by the classic reuseport filter, TUN packets for another worker's peers handed over"
             ),
             SteeringMode::Ebpf => {
-                let mask = (1u32 << worker_bits(workers)) - 1;
-                let udp = UdpSteering::load(workers, mask);
+                let mask = (1u32 << worker_bits(self.workers)) - 1;
+                let udp = UdpSteering::load(self.workers, mask);
                 let tun = TunSteering::load(STEER_ROUTES).and_then(|t| {
                     t.attach(tun.queue_fds()[0].as_fd())?;
                     Ok(t)
@@ -186,17 +139,41 @@ impl Steering {
                         chain(e)
                     ),
                 }
-                s.udp = udp.ok();
-                s.tun = tun.ok();
+                self.udp = udp.ok();
+                self.tun = tun.ok();
             }
         }
-        s
+    }
+
+    /// A reader of what runs, on descriptors of its own (a counter array
+    /// that cannot be opened leaves its program out of the reports).
+    fn open_reader(&self) -> SteeringReader {
+        fn open<T>(what: &str, r: Result<T, corewire_ebpf::Error>) -> Option<T> {
+            r.map_err(|e| tracing::warn!("{what}: its counters cannot be read: {}", chain(&e)))
+                .ok()
+        }
+        SteeringReader::new(
+            self.udp
+                .as_ref()
+                .and_then(|u| open("steer_udp", u.stats_reader())),
+            self.tun
+                .as_ref()
+                .and_then(|t| open("steer_tun", t.stats_reader())),
+            self.xdp
+                .as_ref()
+                .and_then(|g| open("xdp_guard", g.stats_reader()).map(|r| (r, g.mode()))),
+        )
     }
 
     /// Steers the datagrams of a (new) socket group: `steer_udp` when
     /// loaded, else the classic filter unless steering is off. A kernel that
     /// refuses costs handoffs, so that is logged, not fatal.
     pub fn attach_udp(&mut self, group: &UdpGroup) {
+        self.steer_udp(group);
+        self.reader.set_udp_kind(self.udp_kind);
+    }
+
+    fn steer_udp(&mut self, group: &UdpGroup) {
         if let Some(g) = &mut self.xdp {
             if let Err(e) = g.set_port(group.port()) {
                 tracing::warn!("XDP guard: cannot set the port: {}", chain(&e));
@@ -252,6 +229,7 @@ impl Steering {
         };
         if let Err(e) = result {
             self.tun_routes_refused += 1;
+            self.reader.set_tun_routes_refused(self.tun_routes_refused);
             if self.tun_routes_refused.is_power_of_two() {
                 tracing::warn!(
                     count = self.tun_routes_refused,
@@ -275,21 +253,14 @@ impl Steering {
         }
     }
 
-    /// The programs' counters (the workers' handoffs are added by the
-    /// engine). A counter that cannot be read is left out.
+    /// What steering did so far (see [`SteeringReader`]).
     pub fn stats(&self) -> SteeringStats {
-        SteeringStats {
-            udp: self
-                .udp
-                .as_ref()
-                .filter(|_| self.udp_kind == UdpSteeringKind::Ebpf)
-                .and_then(|u| u.stats().ok()),
-            tun: self.tun.as_ref().and_then(|t| t.stats().ok()),
-            tun_routes_refused: self.tun_routes_refused,
-            xdp: self.xdp.as_ref().and_then(|g| g.stats().ok()),
-            handed_tun: Vec::new(),
-            handed_udp: Vec::new(),
-        }
+        self.reader.read()
+    }
+
+    /// A reader of what steering did, for other threads.
+    pub fn reader(&self) -> SteeringReader {
+        self.reader.clone()
     }
 }
 

@@ -66,8 +66,6 @@ pub enum Msg {
     Apply(Arc<Vec<Change>>, Sender<()>),
     /// Report this shard's peers.
     Stats(Sender<Vec<PeerStats>>),
-    /// Report this worker's number and counters.
-    Counters(Sender<(u32, Counters)>),
     /// New sockets (listen port changed); reply once nothing of this
     /// worker holds the old ones any more.
     Sockets(UdpFds, Sender<()>),
@@ -573,9 +571,6 @@ impl Worker {
                 }
                 Msg::Stats(reply) => {
                     let _ = reply.send(self.shard.stats());
-                }
-                Msg::Counters(reply) => {
-                    let _ = reply.send((self.shard.id(), self.shard.counters().clone()));
                 }
                 Msg::Sockets(udp, ack) => {
                     self.udp = udp;
