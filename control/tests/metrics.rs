@@ -13,7 +13,7 @@
 //!  | tunnel 10.0.0.1/24                            |      |   (plus, in the log test, two        |
 //!  | --metrics 127.0.0.1:9586 (the hub's own lo)   | veth |   spokes the hub refuses)            |
 //!  | /var/run/wireguard/HUB.stats <- corewire stats|------| 10.97.0.2/24; crafted datagrams      |
-//!  | 10.97.0.1/24                                  |      |   from python3 to 10.97.0.1:51820    |
+//!  | 10.97.0.1/24 [--xdp on this veth end]         |      |   from python3 to 10.97.0.1:51820    |
 //!  +-----------------------------------------------+      +--------------------------------------+
 //! ```
 //!
@@ -243,6 +243,166 @@ fn metrics_follow_traffic_drops_and_handshakes() {
         "{table}"
     );
     assert!(table.contains("spoke-one"), "{table}");
+    println!("{table}");
+}
+
+/// The sum of the `xdp_verdicts` samples with `verdict`.
+fn verdict(s: &Scrape, verdict: &str) -> f64 {
+    s.get(&format!(
+        "corewire_xdp_verdicts_total{{verdict=\"{verdict}\"}}"
+    ))
+}
+
+#[test]
+fn steering_counters_follow_traffic_and_xdp_drops() {
+    let test = "steering_counters_follow_traffic_and_xdp_drops";
+    if !netns::enabled(test) {
+        return;
+    }
+    let _timed = Timed::new(test);
+    let (hub_ns, spoke_ns, veth) = namespaces();
+    let (hub_if, spoke_if) = (unique_ifname("cw"), unique_ifname("cw"));
+    let (hub_key, spoke_key) = (Keypair::generate(), Keypair::generate());
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    // Two workers (the tests' default), eBPF steering (the default).
+    let _hub = hub_up(
+        &hub_ns,
+        &hub_if,
+        &hub_key,
+        &spoke_key.public,
+        &["--metrics", &metrics, "--xdp", veth.name_a()],
+        &[],
+    );
+    let _spoke = spoke_up(&spoke_ns, &spoke_if, &spoke_key, &hub_key.public);
+
+    let s0 = scrape(&hub_ns);
+    let info = s0
+        .samples
+        .keys()
+        .find(|k| k.starts_with("corewire_steering_info{"))
+        .expect("corewire_steering_info")
+        .clone();
+    assert!(
+        info.contains("tun=\"ebpf\"")
+            && info.contains("udp=\"ebpf\"")
+            && !info.contains("xdp=\"off\""),
+        "{info}"
+    );
+    assert_eq!(s0.get(&info), 1.0);
+
+    // Traffic: every echo request is a transport datagram steer_udp puts
+    // on its index's worker, the guard passes as live, and every reply a
+    // TUN packet steer_tun puts on its owner's queue.
+    let pings = 200u32;
+    let stats = ping(&spoke_ns, "10.0.0.1", 3, Duration::from_secs(10));
+    assert!(stats.all_received(), "{}", stats.output);
+    let s1 = scrape(&hub_ns);
+    counters_only_grow(&s0, &s1);
+    let flood = spoke_ns.spawn(
+        "ping",
+        &["-q", "-i", "0.005", "-c", &pings.to_string(), "10.0.0.1"],
+        &[],
+    );
+    assert!(netns::finish(flood, "the ping flood", Duration::from_secs(30)).contains("rtt"));
+    let tun_hits = |s: &Scrape| s.get("corewire_tun_steering_total{result=\"hit\"}");
+    let udp_by_index = |s: &Scrape| s.get("corewire_udp_steered_total{by=\"index\"}");
+    let mut s2 = scrape(&hub_ns);
+    wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        s2 = scrape(&hub_ns);
+        tun_hits(&s2) - tun_hits(&s1) >= f64::from(pings)
+    });
+    counters_only_grow(&s1, &s2);
+    assert!(
+        udp_by_index(&s2) - udp_by_index(&s1) >= f64::from(pings),
+        "{s2:?}"
+    );
+    assert!(tun_hits(&s2) - tun_hits(&s1) >= f64::from(pings), "{s2:?}");
+    assert!(verdict(&s2, "pass_data") - verdict(&s1, "pass_data") >= f64::from(pings));
+    assert_eq!(
+        s2.sum("corewire_udp_steering_fallbacks_total", "")
+            - s1.sum("corewire_udp_steering_fallbacks_total", ""),
+        0.0,
+        "every datagram of the tunnel carries a live index"
+    );
+
+    // Crafted datagrams: the guard drops the junk (bad type) and the
+    // unknown-index transport messages, exactly as many as were sent, before
+    // any worker sees them; the initiations (bad mac1) pass to the workers.
+    let (bad_mac, junk, unknown_index) = (10u32, 30u32, 20u32);
+    let port = PORT.to_string();
+    let crafted = spoke_ns.spawn(
+        PYTHON,
+        &[
+            "-c",
+            CRAFT,
+            "10.97.0.1",
+            &port,
+            &bad_mac.to_string(),
+            &junk.to_string(),
+            &unknown_index.to_string(),
+        ],
+        &[],
+    );
+    netns::finish(crafted, "the crafted datagrams", Duration::from_secs(30));
+    let bad_mac1 = |s: &Scrape| s.sum("corewire_worker_dropped_total", "reason=\"bad_mac1\"");
+    let mut s3 = scrape(&hub_ns);
+    let all_in = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        s3 = scrape(&hub_ns);
+        bad_mac1(&s3) - bad_mac1(&s2) >= f64::from(bad_mac)
+    });
+    assert!(all_in, "the crafted initiations were not all counted");
+    counters_only_grow(&s2, &s3);
+    let grown = |v: &str| verdict(&s3, v) - verdict(&s2, v);
+    assert_eq!(grown("drop_bad_type"), f64::from(junk));
+    assert_eq!(grown("drop_unknown_index"), f64::from(unknown_index));
+    assert_eq!(grown("drop_bad_length"), 0.0);
+    assert_eq!(grown("pass_initiation"), f64::from(bad_mac));
+    assert_eq!(bad_mac1(&s3) - bad_mac1(&s2), f64::from(bad_mac));
+    for reason in ["malformed", "unknown_index"] {
+        let with = format!("reason=\"{reason}\"");
+        assert_eq!(
+            s3.sum("corewire_worker_dropped_total", &with)
+                - s2.sum("corewire_worker_dropped_total", &with),
+            0.0,
+            "the guard dropped them: no worker saw a {reason} datagram"
+        );
+    }
+
+    // corewire stats: the same figures as JSON and in the table.
+    let json: Json = serde_json::from_str(&corewire_stats(&["--json", &hub_if])).unwrap();
+    let steering = &json["steering"];
+    assert_eq!(steering["udp"], "ebpf");
+    assert_eq!(steering["tun"], "ebpf");
+    assert_ne!(steering["xdp"], "off");
+    let value = |name: &str| {
+        steering["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no steering counter {name}"))["value"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} has no value"))
+    };
+    assert_eq!(
+        value("xdp_drop_bad_type") as f64,
+        verdict(&s3, "drop_bad_type")
+    );
+    assert_eq!(
+        value("xdp_drop_unknown_index") as f64,
+        verdict(&s3, "drop_unknown_index")
+    );
+    assert!(value("tun_hits") as f64 >= tun_hits(&s3));
+    assert!(value("udp_by_index") as f64 >= udp_by_index(&s3));
+    let table = corewire_stats(&[&hub_if]);
+    assert!(
+        table.contains("steering: datagrams ebpf, TUN packets ebpf"),
+        "{table}"
+    );
+    assert!(
+        table.contains("xdp_verdicts_total {verdict=drop_bad_type}"),
+        "{table}"
+    );
     println!("{table}");
 }
 
