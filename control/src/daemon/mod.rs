@@ -105,11 +105,28 @@ fn init_logging(verbose: u8, foreground: bool) {
         _ => Some(tracing::Level::TRACE),
     };
     if let Some(level) = level {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(level)
+        use tracing_subscriber::filter::{LevelFilter, Targets};
+        use tracing_subscriber::prelude::*;
+        // Our own crates at the level asked for; libraries (aya's loader
+        // narrates every map relocation at debug) at warnings, unless -vv.
+        let ours = LevelFilter::from_level(level);
+        let theirs = if verbose >= 2 {
+            ours
+        } else {
+            ours.min(LevelFilter::WARN)
+        };
+        let filter = Targets::new()
+            .with_default(theirs)
+            .with_target("corewire", ours)
+            .with_target("corewire_dataplane", ours)
+            .with_target("corewire_ebpf", ours);
+        let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_target(false)
+            .with_target(false);
+        let _ = tracing_subscriber::registry()
+            .with(fmt)
+            .with(filter)
             .try_init();
     }
 }
