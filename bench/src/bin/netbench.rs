@@ -211,7 +211,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let machine = Machine::describe(&tools, &impls);
     let total = settings.runs as usize * cases.len() * impls.len();
     eprintln!(
-        "netbench: {} × {}, kernel {}; {} measurements of {} s ({} runs × {} cases × {} \
+        "netbench: {} vCPUs ({}), kernel {}; {} measurements of {} s ({} runs × {} cases × {} \
          implementations), about {:.0} min",
         machine.nproc,
         machine.cpu_model,
