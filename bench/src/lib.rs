@@ -1,6 +1,11 @@
 //! corewire's benchmarks: fixtures shared by the criterion micro-benchmarks
 //! in `benches/`, and the report that turns criterion's estimates into the
-//! ratios we track (`cargo run -p corewire-bench --bin micro-report`).
+//! ratios we track (`cargo run -p corewire-bench --bin micro-report`); the
+//! netns harness behind `netbench` ([`harness`]) and the hub benchmark
+//! behind `concentrator` ([`concentrator`]), which reuses its pieces.
+
+pub mod concentrator;
+pub mod harness;
 
 use std::time::Instant;
 

@@ -9,6 +9,7 @@
 //! corewire's code.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
@@ -122,14 +123,19 @@ impl Flood {
     /// scoped thread enters the namespace); returns how many datagrams were
     /// sent. A full socket buffer drops datagrams: that is part of a flood.
     pub fn run(&self, ns_name: &str) -> Result<u64> {
+        self.run_until(ns_name, &AtomicBool::new(false))
+    }
+
+    /// [`run`](Self::run) that also ends as soon as `stop` is set.
+    pub fn run_until(&self, ns_name: &str, stop: &AtomicBool) -> Result<u64> {
         std::thread::scope(|s| {
-            s.spawn(|| self.run_here(ns_name))
+            s.spawn(|| self.run_here(ns_name, stop))
                 .join()
                 .unwrap_or_else(|_| Err(Error::Flood("the thread panicked".into())))
         })
     }
 
-    fn run_here(&self, ns_name: &str) -> Result<u64> {
+    fn run_here(&self, ns_name: &str, stop: &AtomicBool) -> Result<u64> {
         crate::netns::enter(ns_name)
             .map_err(|e| Error::Flood(format!("entering {ns_name}: {e}")))?;
         let key = mac1_key(&self.target_public);
@@ -149,7 +155,7 @@ impl Flood {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ self.kind as u64);
         let mut buf = [0u8; 1500];
         let (start, mut sent) = (Instant::now(), 0u64);
-        while start.elapsed() < self.duration {
+        while start.elapsed() < self.duration && !stop.load(Ordering::Relaxed) {
             // Pace: send what the rate allows so far, in bursts.
             let due = (start.elapsed().as_secs_f64() * self.rate as f64) as u64;
             if sent >= due {

@@ -9,25 +9,24 @@
 //! The harness itself lives in `bench/src/harness/` (topology drawing in its
 //! module doc).
 
-#[path = "../harness/mod.rs"]
-mod harness;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 
+use corewire_bench::harness;
+use corewire_bench::harness::cases::Case;
+use corewire_bench::harness::cli::{self, dedup};
+use corewire_bench::harness::impls::Impl;
+use corewire_bench::harness::machine::Machine;
+use corewire_bench::harness::preflight;
+use corewire_bench::harness::report::Report;
+use corewire_bench::harness::rtt::EchoServer;
+use corewire_bench::harness::runner::{Bench, Settings};
+use corewire_bench::harness::topology::Topology;
 use corewire_testkit::{signals, sweep_stale, Keypair};
-use harness::cases::Case;
-use harness::impls::Impl;
-use harness::machine::Machine;
-use harness::preflight;
-use harness::report::Report;
-use harness::rtt::EchoServer;
-use harness::runner::{Bench, Settings};
-use harness::topology::Topology;
 
 /// Measures corewire against its peers over a veth pair between two network
 /// namespaces: TCP and UDP throughput, packets per second, round-trip time
@@ -97,37 +96,6 @@ fn parse_case(s: &str) -> Result<Case, String> {
     })
 }
 
-/// Keeps the first occurrence of each item.
-fn dedup<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
-    let mut out = Vec::new();
-    for &item in items {
-        if !out.contains(&item) {
-            out.push(item);
-        }
-    }
-    out
-}
-
-/// UTC date and time from Unix seconds: ("2025-01-31", "12:34:56").
-fn utc(secs: u64) -> (String, String) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
-    )
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -187,19 +155,8 @@ fn run(args: Args) -> Result<ExitCode> {
     // age: their daemons would compete with the measurements.
     sweep_stale(Duration::ZERO);
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (date, time) = utc(now);
-    let started_utc = format!("{date} {time}");
-    let out_dir = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("bench-results").join(format!(
-            "{}-{}",
-            date.replace('-', ""),
-            time.replace(':', "")
-        ))
-    });
+    let (started_utc, default_out) = cli::started_now();
+    let out_dir = args.out.clone().unwrap_or(default_out);
     let settings = Settings {
         runs: args.runs,
         seconds: args.seconds,
@@ -277,13 +234,6 @@ fn run(args: Args) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(0), ("1970-01-01".into(), "00:00:00".into()));
-        assert_eq!(utc(951_782_400), ("2000-02-29".into(), "00:00:00".into()));
-        assert_eq!(utc(1_735_689_599), ("2024-12-31".into(), "23:59:59".into()));
-    }
 
     #[test]
     fn args_parse() {

@@ -34,7 +34,7 @@ pub struct Metric {
     pub tunnel_only: bool,
 }
 
-const fn metric(
+pub const fn metric(
     key: &'static str,
     label: &'static str,
     unit: &'static str,
@@ -50,7 +50,7 @@ const fn metric(
     }
 }
 
-const fn charted(m: Metric) -> Metric {
+pub const fn charted(m: Metric) -> Metric {
     Metric { chart: true, ..m }
 }
 

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use corewire_testkit::{command, run};
+use corewire_testkit::{command, run, WgImpl};
 
 use super::impls::Impl;
 use super::preflight::Tools;
@@ -20,7 +20,14 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The machine, and the versions of the tools and of `impls`.
     pub fn describe(tools: &Tools, impls: &[Impl]) -> Machine {
+        let wg: Vec<WgImpl> = impls.iter().filter_map(|i| i.wg()).collect();
+        Machine::describe_daemons(tools, &wg)
+    }
+
+    /// The machine, and the versions of the tools and of the daemons.
+    pub fn describe_daemons(tools: &Tools, impls: &[WgImpl]) -> Machine {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -38,13 +45,14 @@ impl Machine {
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".to_owned());
-        let mut versions = vec![
-            version("iperf3", &tools.iperf3, "--version"),
-            version("wg", &tools.wg, "--version"),
-            version("ip", &tools.ip, "-V"),
-        ];
+        let mut versions = Vec::new();
+        if let Some(iperf3) = &tools.iperf3 {
+            versions.push(version("iperf3", iperf3, "--version"));
+        }
+        versions.push(version("wg", &tools.wg, "--version"));
+        versions.push(version("ip", &tools.ip, "-V"));
         for &imp in impls {
-            if let Some(binary) = tools.binary(imp) {
+            if let Some(binary) = tools.daemon(imp) {
                 versions.push(version(imp.name(), binary, "--version"));
             }
         }

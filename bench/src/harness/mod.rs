@@ -30,6 +30,7 @@
 //! One module per job (the namespaces, processes, daemon launch recipes
 //! and iperf3 runs themselves come from `corewire-testkit`, shared with
 //! the namespace tests):
+//! - [`cli`]: what the binaries share on their command line;
 //! - [`preflight`]: root and tools, with install hints;
 //! - [`topology`]: the two namespaces and the veth (the drawing above);
 //! - [`impls`]: the implementations, and a tunnel with both ends running one;
@@ -41,8 +42,9 @@
 //! - [`machine`]: the machine and tool versions for the report;
 //! - [`report`]: JSON, Markdown and SVG output.
 //!
-//! Errors: this harness is compiled only into the `netbench` binary, so it
-//! uses `anyhow` with context throughout (the binary's edge).
+//! Errors: this harness serves only the `netbench` and `concentrator`
+//! binaries of this unpublished crate, so it uses `anyhow` with context
+//! throughout (the binaries' edge).
 //!
 //! Cleanup: namespaces, links, processes and temporary files are testkit
 //! guards whose `Drop` removes them (processes are stopped by PID: SIGTERM,
@@ -53,6 +55,7 @@
 //! creating process is gone.
 
 pub mod cases;
+pub mod cli;
 pub mod cpu;
 pub mod impls;
 pub mod machine;

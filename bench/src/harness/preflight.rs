@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use corewire_testkit::find_binary;
+use corewire_testkit::{find_binary, WgImpl};
 
 use super::impls::Impl;
 
@@ -14,7 +14,8 @@ use super::impls::Impl;
 pub struct Tools {
     pub ip: PathBuf,
     pub wg: PathBuf,
-    pub iperf3: PathBuf,
+    /// Only when a case needs it (netbench's).
+    pub iperf3: Option<PathBuf>,
     pub wireguard_go: Option<PathBuf>,
     pub boringtun: Option<PathBuf>,
     pub gotatun: Option<PathBuf>,
@@ -24,12 +25,16 @@ pub struct Tools {
 impl Tools {
     /// The daemon binary of a tunnel implementation (None for `veth`).
     pub fn binary(&self, imp: Impl) -> Option<&Path> {
+        imp.wg().and_then(|wg| self.daemon(wg))
+    }
+
+    /// The daemon binary of a WireGuard implementation, if checked.
+    pub fn daemon(&self, imp: WgImpl) -> Option<&Path> {
         match imp {
-            Impl::Corewire => self.corewire.as_deref(),
-            Impl::WireguardGo => self.wireguard_go.as_deref(),
-            Impl::Boringtun => self.boringtun.as_deref(),
-            Impl::Gotatun => self.gotatun.as_deref(),
-            Impl::Veth => None,
+            WgImpl::Corewire => self.corewire.as_deref(),
+            WgImpl::WireguardGo => self.wireguard_go.as_deref(),
+            WgImpl::Boringtun => self.boringtun.as_deref(),
+            WgImpl::Gotatun => self.gotatun.as_deref(),
         }
     }
 }
@@ -45,18 +50,29 @@ fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Checks everything; `corewire` overrides where the corewire binary is.
+/// Checks everything netbench needs; `corewire` overrides where the
+/// corewire binary is.
 pub fn check(impls: &[Impl], corewire: Option<PathBuf>) -> Result<Tools> {
+    let wg: Vec<WgImpl> = impls.iter().filter_map(|i| i.wg()).collect();
+    check_for("netbench", &wg, true, corewire)
+}
+
+/// Checks what `program` needs: root, TUN, `ip` and `wg`, iperf3 if
+/// `iperf3`, and the daemons of `impls`.
+pub fn check_for(
+    program: &str,
+    impls: &[WgImpl],
+    iperf3: bool,
+    corewire: Option<PathBuf>,
+) -> Result<Tools> {
     let mut problems: Vec<String> = Vec::new();
     if effective_uid() != 0 {
-        problems.push(
-            "netbench must run as root: it creates network namespaces, veth links and TUN \
-             devices (run it from a root shell, or sudo the built target/release/netbench)"
-                .to_owned(),
-        );
+        problems.push(format!(
+            "{program} must run as root: it creates network namespaces, veth links and TUN \
+             devices (run it from a root shell, or sudo the built target/release/{program})"
+        ));
     }
-    let tunnels = impls.iter().any(|i| *i != Impl::Veth);
-    if tunnels && !Path::new("/dev/net/tun").exists() {
+    if !impls.is_empty() && !Path::new("/dev/net/tun").exists() {
         problems.push("no /dev/net/tun: the tunnel implementations need TUN devices".to_owned());
     }
     let root = workspace_root();
@@ -70,14 +86,16 @@ pub fn check(impls: &[Impl], corewire: Option<PathBuf>) -> Result<Tools> {
     };
     let ip = need("ip", &[], "apt-get install iproute2");
     let wg = need("wg", &[], "apt-get install wireguard-tools");
-    let iperf3 = need("iperf3", &[], "apt-get install iperf3");
-    let uses = |i: Impl| impls.contains(&i);
+    let iperf3 = iperf3
+        .then(|| need("iperf3", &[], "apt-get install iperf3"))
+        .flatten();
+    let uses = |i: WgImpl| impls.contains(&i);
     let cargo_tools = "cargo install --root .tools --locked boringtun-cli gotatun-cli \
-                       (run in the workspace root; netbench looks in ./.tools/bin, then PATH)";
-    let wireguard_go = uses(Impl::WireguardGo)
+                       (run in the workspace root; the benchmarks look in ./.tools/bin, then PATH)";
+    let wireguard_go = uses(WgImpl::WireguardGo)
         .then(|| need("wireguard-go", &[], "apt-get install wireguard-go"))
         .flatten();
-    let boringtun = uses(Impl::Boringtun)
+    let boringtun = uses(WgImpl::Boringtun)
         .then(|| {
             need(
                 "boringtun-cli",
@@ -86,10 +104,10 @@ pub fn check(impls: &[Impl], corewire: Option<PathBuf>) -> Result<Tools> {
             )
         })
         .flatten();
-    let gotatun = uses(Impl::Gotatun)
+    let gotatun = uses(WgImpl::Gotatun)
         .then(|| need("gotatun", std::slice::from_ref(&tools_dir), cargo_tools))
         .flatten();
-    let corewire = if uses(Impl::Corewire) {
+    let corewire = if uses(WgImpl::Corewire) {
         let candidate = corewire.unwrap_or_else(|| {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
@@ -117,8 +135,8 @@ pub fn check(impls: &[Impl], corewire: Option<PathBuf>) -> Result<Tools> {
         };
         bail!("cannot start:\n  - {}{apt}", problems.join("\n  - "));
     }
-    match (ip, wg, iperf3) {
-        (Some(ip), Some(wg), Some(iperf3)) => Ok(Tools {
+    match (ip, wg) {
+        (Some(ip), Some(wg)) => Ok(Tools {
             ip,
             wg,
             iperf3,

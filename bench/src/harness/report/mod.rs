@@ -4,7 +4,7 @@
 
 mod json;
 mod markdown;
-mod svg;
+pub mod svg;
 
 pub use json::load;
 

@@ -25,7 +25,8 @@ fn color(imp: Impl) -> &'static str {
     }
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe for SVG (XML) content and attributes.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
