@@ -9,12 +9,16 @@
 #    tools into ./.tools);
 # 2. cargo test --workspace, then the in-memory device tests again as an
 #    unprivileged user (they must need no root);
-# 3. runs every fuzz target (`cargo fuzz list`) for FUZZ_SECONDS (default 30)
+# 3. runs the concentrator benchmark in its quick mode (debug build, about
+#    3 minutes) as a smoke test of its harness: it must finish with a number
+#    for every hub, peer count and case (no speed is asserted);
+# 4. runs every fuzz target (`cargo fuzz list`) for FUZZ_SECONDS (default 30)
 #    each, through scripts/fuzz.sh;
-# 4. prints a summary, and exits 1 if any test or fuzz target failed (a
+# 5. prints a summary, and exits 1 if any test or fuzz target failed (a
 #    failing stage does not stop the later ones, so one run reports all).
 #
-# Environment: FUZZ_SECONDS (0 skips fuzzing), FUZZ_SANITIZER (see scripts/fuzz.sh).
+# Environment: FUZZ_SECONDS (0 skips fuzzing), FUZZ_SANITIZER (see scripts/fuzz.sh),
+# CONCENTRATOR_SMOKE=0 skips the benchmark smoke test.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -84,7 +88,41 @@ else
     failed=1
 fi
 
-# --- 3. Fuzzing ------------------------------------------------------------
+# --- 3. Benchmark harness smoke test ---------------------------------------
+
+# The concentrator's quick mode: every hub, K in {1, 100, 1000}, short
+# phases. It exits non-zero when a measurement failed; here we also check
+# that the report has every case and numbers in it. Never a speed.
+step "Concentrator benchmark, quick mode (smoke test of the harness)"
+t=$(date +%s)
+smoke_dir=$(mktemp -d)
+concentrator_smoke() {
+    cargo build --quiet -p corewire -p corewire-bench --bin concentrator || return 1
+    local target=${CARGO_TARGET_DIR:-target}
+    "$target/debug/concentrator" --quick --corewire "$target/debug/corewire" --out "$smoke_dir" \
+        >"$smoke_dir/stdout.md" || return 1
+    local case
+    for case in handshake handshake-flood decrypt-64 decrypt-1392 encrypt-64 encrypt-1392 \
+        latency-50 latency-90 memory; do
+        grep -q "^## $case\$" "$smoke_dir/results.md" || { echo "no $case table" >&2; return 1; }
+    done
+    grep -Eq '"median": [0-9]' "$smoke_dir/results.json" || { echo "no numbers" >&2; return 1; }
+    [[ -s "$smoke_dir/results.svg" ]] || { echo "no chart" >&2; return 1; }
+}
+if [[ "${CONCENTRATOR_SMOKE:-1}" == 0 ]]; then
+    echo "skipped: CONCENTRATOR_SMOKE=0"
+    note "concentrator quick mode: skipped (CONCENTRATOR_SMOKE=0)"
+elif [[ $(id -u) -ne 0 ]]; then
+    echo "skipped: needs root (network namespaces)"
+    note "concentrator quick mode: skipped (not root)"
+elif concentrator_smoke; then
+    note "concentrator quick mode: produced every table ($(elapsed "$t"))"
+else
+    note "concentrator quick mode: FAILED ($(elapsed "$t")); report in $smoke_dir"
+    failed=1
+fi
+
+# --- 4. Fuzzing ------------------------------------------------------------
 
 step "Fuzz targets, ${FUZZ_SECONDS}s each"
 if [[ "$FUZZ_SECONDS" == 0 ]]; then
@@ -113,7 +151,7 @@ else
     done
 fi
 
-# --- 4. Summary ------------------------------------------------------------
+# --- 5. Summary ------------------------------------------------------------
 
 step "Summary"
 for line in "${summary[@]}"; do

@@ -22,8 +22,9 @@ use corewire_bench::concentrator::cases::Case;
 use corewire_bench::concentrator::hubs::Hub;
 use corewire_bench::concentrator::report::Report;
 use corewire_bench::concentrator::runner::{Runner, Settings};
+use corewire_bench::concentrator::sweep::Sweep;
 use corewire_bench::concentrator::topology::{Topology, MAX_PEERS};
-use corewire_bench::concentrator::traffic::{Sweep, MIN_PAYLOAD};
+use corewire_bench::concentrator::traffic::MIN_PAYLOAD;
 use corewire_bench::harness::cli::{self, dedup};
 use corewire_bench::harness::machine::Machine;
 use corewire_bench::harness::preflight;
@@ -63,7 +64,7 @@ struct Args {
           default_value = "handshake,decrypt-64,decrypt-1392,encrypt-64,encrypt-1392,memory,handshake-flood,latency-50,latency-90")]
     cases: Vec<Case>,
 
-    /// Seconds per sweep step and latency measurement [default: 1; quick: 0.2].
+    /// Seconds per sweep step and latency measurement [default: 0.5; quick: 0.2].
     #[arg(long)]
     step_seconds: Option<f64>,
 
@@ -134,7 +135,7 @@ impl Args {
             peers.iter().all(|&k| (1..=MAX_PEERS).contains(&k)),
             "--peers: each count must be 1..={MAX_PEERS}"
         );
-        let step_seconds = self.step_seconds.unwrap_or(if q { 0.2 } else { 1.0 });
+        let step_seconds = self.step_seconds.unwrap_or(if q { 0.2 } else { 0.5 });
         anyhow::ensure!(
             (0.05..=60.0).contains(&step_seconds),
             "--step-seconds must be 0.05..=60"

@@ -29,7 +29,7 @@ fn color(hub: Hub) -> &'static str {
 
 /// A "nice" upper bound for the y axis: 1, 2 or 5 times a power of ten.
 fn nice_top(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
@@ -123,7 +123,7 @@ fn panel(out: &mut String, rows: &[&Row], hubs: &[Hub], ks: &[usize], x0: f64, y
         py + ph / 2.0,
         escape(m.unit)
     );
-    let mut label_ys: Vec<f64> = Vec::new();
+    let mut labels: Vec<(Hub, f64)> = Vec::new();
     for &hub in hubs {
         let points: Vec<(f64, f64, f64, f64)> = ks
             .iter()
@@ -133,9 +133,9 @@ fn panel(out: &mut String, rows: &[&Row], hubs: &[Hub], ks: &[usize], x0: f64, y
                 Some((x(i), y(s.median), y(s.min), y(s.max)))
             })
             .collect();
-        if points.is_empty() {
+        let Some(&(_, last_y, _, _)) = points.last() else {
             continue;
-        }
+        };
         let c = color(hub);
         let path: String = points
             .iter()
@@ -152,20 +152,39 @@ fn panel(out: &mut String, rows: &[&Row], hubs: &[Hub], ks: &[usize], x0: f64, y
                 r#"<path d="M{cx:.1} {ymin:.1}V{ymax:.1}" stroke="{c}" stroke-width="1"/><circle cx="{cx:.1}" cy="{cy:.1}" r="3" fill="{c}"/>"#
             );
         }
-        // The hub's name at the end of its line, nudged apart from others.
-        let (lx, mut ly, _, _) = points[points.len() - 1];
-        while label_ys.iter().any(|&o| (o - ly).abs() < 11.0) {
-            ly += 11.0;
-        }
-        label_ys.push(ly);
+        labels.push((hub, last_y));
+    }
+    // Each hub's name right of the plot at the height of its last point,
+    // spread so that none overlap and all stay beside the plot.
+    for (hub, ly) in spread(labels, LABEL_GAP, py, py + ph) {
         let _ = writeln!(
             out,
-            r#"<text x="{:.1}" y="{:.1}" font-size="10" fill="{c}">{}</text>"#,
-            lx.max(px + pw) + 6.0,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" fill="{}">{}</text>"#,
+            px + pw + 8.0,
             ly + 3.5,
+            color(hub),
             hub.name()
         );
     }
+}
+
+/// Vertical distance between two line labels.
+const LABEL_GAP: f64 = 11.0;
+
+/// Label positions: sorted by height, pushed apart to `gap`, then moved up
+/// as a block if the lowest fell below `bottom` (never above `top`).
+fn spread(mut labels: Vec<(Hub, f64)>, gap: f64, top: f64, bottom: f64) -> Vec<(Hub, f64)> {
+    labels.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for i in 1..labels.len() {
+        labels[i].1 = labels[i].1.max(labels[i - 1].1 + gap);
+    }
+    if let Some(&(_, lowest)) = labels.last() {
+        let shift = (lowest - bottom).max(0.0);
+        for (i, l) in labels.iter_mut().enumerate() {
+            l.1 = (l.1 - shift).max(top + gap * i as f64);
+        }
+    }
+    labels
 }
 
 pub fn render(report: &Report<'_>, rows: &[Row]) -> String {
@@ -222,6 +241,22 @@ pub fn render(report: &Report<'_>, rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_never_overlap_and_stay_in_range() {
+        let hubs = [
+            (Hub::Corewire, 100.0),
+            (Hub::Gotatun, 101.0),
+            (Hub::Boringtun, 200.0),
+            (Hub::WireguardGo, 199.0),
+        ];
+        let out = spread(hubs.to_vec(), 11.0, 0.0, 205.0);
+        for w in out.windows(2) {
+            assert!(w[1].1 - w[0].1 >= 11.0 - 1e-9);
+        }
+        assert!(out.iter().all(|(_, y)| (0.0..=205.0).contains(y)));
+        assert_eq!(out[0].0, Hub::Corewire);
+    }
 
     #[test]
     fn nice_tops() {

@@ -16,6 +16,10 @@ use super::topology::{HUB_PORT, HUB_TUNNEL, PEER_PREFIX, TUNNEL_BASE};
 
 /// The tunnel MTU of the hub.
 const MTU: u32 = corewire_dataplane::engine::limits::DEFAULT_MTU;
+/// A hub using less CPU than this (in cores) over [`IDLE_WINDOW`] is idle.
+/// CPU times have 10 ms ticks: the window must hold a few.
+pub const IDLE_CORES: f64 = 0.1;
+pub const IDLE_WINDOW: Duration = Duration::from_millis(200);
 /// How long `wg addconf` of K peers may take.
 const ADDCONF_LIMIT: Duration = Duration::from_secs(300);
 
@@ -171,6 +175,23 @@ impl RunningHub {
     /// The hub's CPU seconds so far (0 if it is gone).
     pub fn cpu_seconds(&self) -> f64 {
         cpu::process_seconds(self.pid).unwrap_or(0.0)
+    }
+
+    /// Waits (up to `limit`) until the hub is quiet: under
+    /// [`IDLE_CORES`] of CPU over a [`IDLE_WINDOW`]. After a storm a hub
+    /// may still work through queued (retransmitted) initiations; traffic
+    /// measured meanwhile would measure that backlog. Returns whether it
+    /// became quiet.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            let before = self.cpu_seconds();
+            std::thread::sleep(IDLE_WINDOW);
+            if self.cpu_seconds() - before < IDLE_CORES * IDLE_WINDOW.as_secs_f64() {
+                return true;
+            }
+        }
+        false
     }
 
     pub fn rss(&self) -> u64 {

@@ -34,8 +34,9 @@
 //! - [`hubs`]: the hubs under test, started and configured with K peers;
 //! - [`mmsg`]: `sendmmsg`/`recvmmsg` batches with source address and GSO;
 //! - [`fleet`]: the generator's K peers and the handshake storm;
-//! - [`traffic`]: timed phases fleet -> LAN (decrypt) and LAN -> fleet
-//!   (encrypt), the rate sweep, the latency probes;
+//! - [`traffic`]: timed steps fleet -> LAN (decrypt) and LAN -> fleet
+//!   (encrypt), the latency probes; [`sweep`]: step results and the rate
+//!   sweep;
 //! - [`cases`]: the cases and their metrics;
 //! - [`runner`]: the interleaved rounds;
 //! - [`report`]: JSON and Markdown; [`chart`]: SVG line charts over K.
@@ -50,5 +51,6 @@ pub mod hubs;
 pub mod mmsg;
 pub mod report;
 pub mod runner;
+pub mod sweep;
 pub mod topology;
 pub mod traffic;

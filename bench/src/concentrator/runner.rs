@@ -27,8 +27,9 @@ use super::cases::Case;
 use super::fleet::{hub_addr, Fleet, Storm};
 use super::hubs::{Hub, RunningHub};
 use super::mmsg::UdpSock;
+use super::sweep::{self, Step, Sweep};
 use super::topology::{Topology, FLEET_PORT, FLEET_VETH};
-use super::traffic::{self, DecryptStep, EncryptStep, Step, Sweep};
+use super::traffic::{DecryptStep, EncryptStep};
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -75,6 +76,9 @@ pub struct Runner<'a> {
 }
 
 type Metrics = BTreeMap<&'static str, f64>;
+
+/// How long a hub gets to finish its work after a storm before traffic.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 impl<'a> Runner<'a> {
     pub fn new(topo: &'a Topology, tools: &'a Tools, hub_key: Keypair, settings: Settings) -> Self {
@@ -229,6 +233,12 @@ impl<'a> Runner<'a> {
             connected = s.connected.clone();
             Ok(storm_metrics(&s, k, running.cpu_seconds() - cpu0, None))
         });
+        if !running.wait_idle(SETTLE_LIMIT) {
+            m.notes.push(format!(
+                "the hub was still busy {} s after the storm",
+                SETTLE_LIMIT.as_secs()
+            ));
+        }
         if cases.contains(&Case::Handshake) {
             out.push(m);
         }
@@ -357,7 +367,7 @@ impl<'a> Runner<'a> {
                 .run()
             }
         })?;
-        let best = traffic::best(&steps).context("no step")?;
+        let best = sweep::best(&steps).context("no step")?;
         let last = steps.last().unwrap_or(best);
         let mut metrics = throughput_metrics(best, payload);
         // The most delivered without loss above 1% (the rate a hub sustains).
@@ -421,7 +431,10 @@ impl<'a> Runner<'a> {
         };
         let storm = fleet.storm(sock, self.settings.storm_limit, self.settings.retry);
         let connected = match storm {
-            Ok(s) if s.established > 0 => s.connected,
+            Ok(s) if s.established > 0 => {
+                running.wait_idle(SETTLE_LIMIT);
+                s.connected
+            }
             Ok(_) => return fail(self, "no peer connected".to_owned()),
             Err(e) => return fail(self, format!("{e:#}")),
         };

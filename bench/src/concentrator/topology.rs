@@ -31,6 +31,9 @@ pub const LAN: Ipv4Addr = Ipv4Addr::new(10, 103, 0, 2);
 /// The LAN's UDP port (sink and source).
 pub const LAN_PORT: u16 = 9000;
 
+// The issue asks for 100,000 peers where a hub accepts them.
+const _: () = assert!(MAX_PEERS >= 100_000);
+
 /// Peer i's endpoint address.
 pub fn endpoint(i: usize) -> Ipv4Addr {
     offset(ENDPOINT_BASE, i)
@@ -128,7 +131,6 @@ mod tests {
         assert_eq!(peer_of(TUNNEL_BASE, tunnel_addr(99_999)), Some(99_999));
         assert_eq!(peer_of(TUNNEL_BASE, TUNNEL_BASE), None);
         assert_eq!(peer_of(ENDPOINT_BASE, Ipv4Addr::new(10, 89, 0, 1)), None);
-        assert!(MAX_PEERS >= 100_000);
         assert!(u32::from(tunnel_addr(MAX_PEERS - 1)) < u32::from(HUB_TUNNEL));
     }
 }
