@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 
 use corewire_bench::concentrator::cases::Case;
-use corewire_bench::concentrator::hubs::Hub;
+use corewire_bench::concentrator::hubs::{self, Hub};
 use corewire_bench::concentrator::report::Report;
 use corewire_bench::concentrator::runner::{Runner, Settings};
 use corewire_bench::concentrator::sweep::Sweep;
@@ -172,6 +172,7 @@ impl Args {
             retry: Duration::from_secs(1),
             flood_rate: self.flood_rate,
             noise_threshold: self.noise_threshold,
+            fd_limit: 0,
         })
     }
 }
@@ -187,7 +188,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
     let hubs = dedup(&args.hubs);
     let mut daemons: Vec<WgImpl> = hubs.iter().map(|h| h.wg()).collect();
     daemons.dedup();
@@ -199,19 +200,21 @@ fn run(args: Args) -> Result<ExitCode> {
         );
     }
     signals::install().context("installing the Ctrl-C handler")?;
+    settings.fd_limit = hubs::raise_fd_limit();
     sweep_stale(Duration::ZERO);
     let (started_utc, default_out) = cli::started_now();
     let out_dir = args.out.clone().unwrap_or(default_out);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = Machine::describe_daemons(&tools, &daemons);
     eprintln!(
-        "concentrator: {} × {}, kernel {}; hubs {}; K {:?}; {} round(s){}",
+        "concentrator: {} × {}, kernel {}; hubs {}; K {:?}; {} round(s); open-file limit {}{}",
         machine.nproc,
         machine.cpu_model,
         machine.kernel,
         hubs.iter().map(|h| h.name()).collect::<Vec<_>>().join(", "),
         settings.peer_counts,
         settings.runs,
+        settings.fd_limit,
         if args.quick { " (quick)" } else { "" }
     );
     let started = Instant::now();
@@ -233,26 +236,19 @@ fn run(args: Args) -> Result<ExitCode> {
         measurements: &measurements,
     };
     let written = report.write(&out_dir)?;
-    println!(
-        "{}",
-        std::fs::read_to_string(&written.markdown).unwrap_or_default()
-    );
-    eprintln!(
-        "concentrator: wrote {}, {} and {}; {} of {} measurements failed{}",
-        written.json.display(),
-        written.markdown.display(),
-        written.svg.display(),
+    let detail = format!(
+        "{} of {} measurements failed",
         report.failed_count(),
-        measurements.len(),
-        if interrupted { "; interrupted" } else { "" }
+        measurements.len()
     );
-    Ok(if interrupted {
-        ExitCode::from(130)
-    } else if report.failed_count() > 0 || measurements.is_empty() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let failed = report.failed_count() > 0 || measurements.is_empty();
+    Ok(cli::conclude(
+        "concentrator",
+        &written,
+        &detail,
+        failed,
+        interrupted,
+    ))
 }
 
 #[cfg(test)]

@@ -208,27 +208,19 @@ fn run(args: Args) -> Result<ExitCode> {
         measurements: &measurements,
     };
     let written = report.write(&out_dir)?;
-    println!(
-        "{}",
-        std::fs::read_to_string(&written.markdown).unwrap_or_default()
-    );
-    eprintln!(
-        "netbench: wrote {}, {} and {}; {} of {} measurements noisy, {} failed{}",
-        written.json.display(),
-        written.markdown.display(),
-        written.svg.display(),
+    let detail = format!(
+        "{} of {} measurements noisy, {} failed",
         report.noisy_count(),
         measurements.len(),
-        report.failed_count(),
-        if interrupted { "; interrupted" } else { "" }
+        report.failed_count()
     );
-    Ok(if interrupted {
-        ExitCode::from(130)
-    } else if report.failed_count() > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(cli::conclude(
+        "netbench",
+        &written,
+        &detail,
+        report.failed_count() > 0,
+        interrupted,
+    ))
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub enum Case {
     Memory,
 }
 
+/// The unit of 0/1 metrics (no ratios are taken of them).
+pub const FLAG_UNIT: &str = "flag";
+
 const SECONDS: Metric = metric("seconds", "time to K sessions", "s", Better::Lower);
 const HS_PER_S: Metric = metric("hs_per_s", "handshakes per second", "hs/s", Better::Higher);
 const HS_PER_CORE: Metric = metric(
@@ -70,7 +73,7 @@ const GEN_US: Metric = metric(
 const GEN_BOUND: Metric = metric(
     "sender_bound",
     "sender was the limit (1 = yes)",
-    "flag",
+    FLAG_UNIT,
     Better::Lower,
 );
 const CLEAN: Metric = metric(

@@ -90,6 +90,31 @@ pub struct RunningHub {
     pub rss_empty: u64,
 }
 
+/// Raises this process's soft open-file limit to its hard limit, so that
+/// the hubs (our children) inherit it, and returns the limit. boringtun-cli
+/// opens a connected UDP socket per peer: with the usual soft limit of 1024
+/// it panics (EMFILE) at 10,000 peers, where an operator would have raised
+/// the limit (systemd's `LimitNOFILE=`). Every hub gets the same limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+        lim.rlim_cur
+    }
+}
+
 /// Resident set size of a process in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

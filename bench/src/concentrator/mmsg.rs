@@ -125,6 +125,18 @@ impl UdpSock {
     }
 }
 
+/// A message header with one iovec and a control buffer of [`CTRL`]
+/// bytes (no address). The pointers are valid while both borrows are.
+fn msghdr(iov: &mut libc::iovec, ctrl: &mut [u64; CTRL / 8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.as_mut_ptr().cast();
+    msg.msg_controllen = CTRL as _;
+    msg
+}
+
 /// One datagram (or GSO burst) to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Out<'a> {
@@ -192,14 +204,9 @@ impl SendBatch {
             };
             let ctrl = &mut self.ctrl[i];
             *ctrl = [0; CTRL / 8];
-            // SAFETY: a zeroed msghdr, then pointers into our own arrays.
-            let mut msg: libc::msghdr = unsafe { zeroed() };
+            let mut msg = msghdr(&mut self.iovs[i], ctrl);
             msg.msg_name = (&raw mut self.names[i]).cast();
             msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msg.msg_iov = &raw mut self.iovs[i];
-            msg.msg_iovlen = 1;
-            msg.msg_control = ctrl.as_mut_ptr().cast();
-            msg.msg_controllen = CTRL as _;
             let mut used = 0usize;
             // SAFETY: CMSG_* walk the control buffer we just pointed msg at
             // (CTRL bytes, room for both messages).
@@ -315,12 +322,7 @@ impl RecvBatch {
                 iov_base: self.bufs[i * SLOT..].as_mut_ptr().cast(),
                 iov_len: SLOT,
             };
-            // SAFETY: zeroed msghdr, then pointers into our arrays.
-            let mut msg: libc::msghdr = unsafe { zeroed() };
-            msg.msg_iov = &raw mut self.iovs[i];
-            msg.msg_iovlen = 1;
-            msg.msg_control = self.ctrl[i].as_mut_ptr().cast();
-            msg.msg_controllen = CTRL as _;
+            let msg = msghdr(&mut self.iovs[i], &mut self.ctrl[i]);
             self.hdrs[i] = libc::mmsghdr {
                 msg_hdr: msg,
                 msg_len: 0,

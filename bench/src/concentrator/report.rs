@@ -6,17 +6,18 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Map, Value};
 
 use crate::harness::cases::Metric;
 use crate::harness::machine::Machine;
+use crate::harness::report::Written;
 use crate::harness::runner::fmt_value;
 use crate::harness::stats::{self, Summary};
 
-use super::cases::Case;
+use super::cases::{Case, FLAG_UNIT};
 use super::chart;
 use super::hubs::Hub;
 use super::runner::{Measurement, Settings};
@@ -51,18 +52,14 @@ impl Row {
             .and_then(|(_, s)| s.as_ref())
     }
 
-    /// `ours`' median divided by `other`'s.
+    /// `ours`' median divided by `other`'s (none for a flag: a ratio of
+    /// yes/no means nothing).
     pub fn ratio(&self, ours: Hub, other: Hub) -> Option<f64> {
+        if self.metric.unit == FLAG_UNIT {
+            return None;
+        }
         stats::ratio(self.get(ours)?.median, self.get(other)?.median)
     }
-}
-
-/// Where the files went.
-#[derive(Debug)]
-pub struct Written {
-    pub json: PathBuf,
-    pub markdown: PathBuf,
-    pub svg: PathBuf,
 }
 
 /// Summarises `key` over the successful measurements of (K, hub, case).
@@ -243,7 +240,7 @@ impl Report<'_> {
                 "step_seconds": s.step_seconds, "sweep_start_pps": s.sweep.start_pps, "sweep_factor": s.sweep.factor,
                 "sweep_steps": s.sweep.steps, "sweep_max_loss": s.sweep.max_loss, "gso": s.gso,
                 "storm_limit_s": s.storm_limit.as_secs_f64(), "retry_s": s.retry.as_secs_f64(),
-                "flood_rate": s.flood_rate, "noise_threshold": s.noise_threshold,
+                "flood_rate": s.flood_rate, "noise_threshold": s.noise_threshold, "fd_limit": s.fd_limit,
             },
             "hubs": self.hubs.iter().map(|h| h.name()).collect::<Vec<_>>(),
             "summaries": summaries,
@@ -274,7 +271,7 @@ impl Report<'_> {
         let _ = writeln!(out, "Command: `{}`\n", self.command);
         let _ = writeln!(
             out,
-            "{} round(s); K = {:?}; steps of {} s, offered rate from {} kpps ×{} up to {} steps (until loss > {}% or the sender is the limit); GSO bursts of {}; storm limit {} s, retry after {} s; flood {} initiations/s.\n",
+            "{} round(s); K = {:?}; steps of {} s, offered rate from {} kpps ×{} up to {} steps (until loss > {}% or the sender is the limit); GSO bursts of {}; storm limit {} s, retry after {} s; flood {} initiations/s; hubs' open-file limit {}.\n",
             s.runs,
             s.peer_counts,
             s.step_seconds,
@@ -285,7 +282,8 @@ impl Report<'_> {
             s.gso,
             s.storm_limit.as_secs_f64(),
             s.retry.as_secs_f64(),
-            s.flood_rate
+            s.flood_rate,
+            s.fd_limit
         );
         let _ = writeln!(out, "| tool | version |\n| --- | --- |");
         for (name, version, _) in &m.tools {

@@ -29,7 +29,7 @@ use super::hubs::{Hub, RunningHub};
 use super::mmsg::UdpSock;
 use super::sweep::{self, Step, Sweep};
 use super::topology::{Topology, FLEET_PORT, FLEET_VETH};
-use super::traffic::{DecryptStep, EncryptStep};
+use super::traffic::StepSpec;
 
 /// How a run is set up.
 #[derive(Debug, Clone)]
@@ -49,6 +49,8 @@ pub struct Settings {
     /// Invalid initiations per second during `handshake-flood`.
     pub flood_rate: u64,
     pub noise_threshold: f64,
+    /// The open-file limit the hubs inherit (see `hubs::raise_fd_limit`).
+    pub fd_limit: u64,
 }
 
 /// The result of one (round, K, hub, case).
@@ -152,7 +154,9 @@ impl<'a> Runner<'a> {
                     let v: Vec<f64> = out
                         .iter()
                         .filter(|m| m.peers == k && m.hub == h && m.case == Case::Decrypt64)
+                        .filter(|m| m.error.is_none())
                         .filter_map(|m| m.metrics.get("kpps").copied())
+                        .filter(|&kpps| kpps > 0.0)
                         .collect();
                     stats::median(&v)
                 })
@@ -336,35 +340,23 @@ impl<'a> Runner<'a> {
         let decrypt = matches!(case, Case::Decrypt64 | Case::Decrypt1392);
         let seq = &mut self.seq;
         let steps = self.settings.sweep.run(|rate| {
+            let spec = StepSpec {
+                fleet: &mut *fleet,
+                sock,
+                lan_ns,
+                peers,
+                payload,
+                rate_pps: rate,
+                seconds,
+                gso,
+                hub_cpu: &hub_cpu,
+                seq0: *seq,
+            };
             if decrypt {
-                let step = DecryptStep {
-                    fleet: &mut *fleet,
-                    sock,
-                    lan_ns,
-                    peers,
-                    payload,
-                    rate_pps: rate,
-                    seconds,
-                    gso,
-                    hub_cpu: &hub_cpu,
-                    seq0: *seq,
-                }
-                .run();
                 *seq += (rate * seconds) as u64 + 1;
-                step
+                spec.decrypt()
             } else {
-                EncryptStep {
-                    fleet: &mut *fleet,
-                    sock,
-                    lan_ns,
-                    peers,
-                    payload,
-                    rate_pps: rate,
-                    seconds,
-                    gso,
-                    hub_cpu: &hub_cpu,
-                }
-                .run()
+                spec.encrypt()
             }
         })?;
         let best = sweep::best(&steps).context("no step")?;
@@ -451,7 +443,7 @@ impl<'a> Runner<'a> {
                 self.settings.gso,
             );
             let _ = Self::measured(threshold, &mut m, &running, |_| {
-                let step = DecryptStep {
+                let step = StepSpec {
                     fleet: &mut *fleet,
                     sock,
                     lan_ns,
@@ -463,7 +455,7 @@ impl<'a> Runner<'a> {
                     hub_cpu: &hub_cpu,
                     seq0,
                 }
-                .run()?;
+                .decrypt()?;
                 latency_metrics(&step)
             });
             out.push(m);

@@ -183,9 +183,9 @@ fn lan_socket(port: u16, lan_ns: &str) -> Result<UdpSock> {
     UdpSock::bind(SocketAddrV4::new(LAN, port), false).context("LAN socket")
 }
 
-/// What a fleet -> LAN step needs.
+/// One timed step: who sends what, how fast, for how long.
 #[allow(missing_debug_implementations)] // holds a callback
-pub struct DecryptStep<'a> {
+pub struct StepSpec<'a> {
     pub fleet: &'a mut Fleet,
     /// The generator's socket (in the fleet namespace).
     pub sock: &'a UdpSock,
@@ -198,12 +198,32 @@ pub struct DecryptStep<'a> {
     pub gso: usize,
     /// The hub's CPU seconds so far.
     pub hub_cpu: &'a (dyn Fn() -> f64 + Sync),
-    /// The first sequence number (distinct per step, for the probes).
+    /// The first sequence number (distinct per decrypt step, for the
+    /// probes).
     pub seq0: u64,
 }
 
-impl DecryptStep<'_> {
-    pub fn run(self) -> Result<Step> {
+/// Ends a receiving loop once the sender has stopped and nothing arrived
+/// for [`DRAIN`].
+#[derive(Debug, Default)]
+struct Drain {
+    idle_since: Option<Instant>,
+}
+
+impl Drain {
+    /// After a receive of `got` datagrams: whether to stop now.
+    fn done(&mut self, stopped: bool, got: usize) -> bool {
+        if !stopped || got > 0 {
+            self.idle_since = None;
+            return false;
+        }
+        self.idle_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN
+    }
+}
+
+impl StepSpec<'_> {
+    /// Fleet -> LAN: the hub decrypts.
+    pub fn decrypt(self) -> Result<Step> {
         let total = (self.rate_pps * self.seconds).ceil() as u64;
         let sealed = Sealed::seal(
             self.fleet,
@@ -234,7 +254,7 @@ impl DecryptStep<'_> {
                     Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram")?;
                 let mut recv = RecvBatch::new(BATCH);
                 let (mut count, mut bad) = (0u64, 0u64);
-                let mut idle_since: Option<Instant> = None;
+                let mut drain = Drain::default();
                 loop {
                     let n = recv.recv(&sock, Duration::from_millis(10))?;
                     for j in 0..n {
@@ -251,12 +271,8 @@ impl DecryptStep<'_> {
                             let _ = hist.record(d.max(1));
                         }
                     }
-                    if stop.load(Ordering::Relaxed) {
-                        if n > 0 {
-                            idle_since = None;
-                        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN {
-                            break;
-                        }
+                    if drain.done(stop.load(Ordering::Relaxed), n) {
+                        break;
                     }
                 }
                 Ok((count, bad, hist))
@@ -327,24 +343,9 @@ impl DecryptStep<'_> {
             latency_ns: Some(hist),
         })
     }
-}
 
-/// What a LAN -> fleet step needs.
-#[allow(missing_debug_implementations)] // holds a callback
-pub struct EncryptStep<'a> {
-    pub fleet: &'a mut Fleet,
-    pub sock: &'a UdpSock,
-    pub lan_ns: &'a str,
-    pub peers: &'a [usize],
-    pub payload: usize,
-    pub rate_pps: f64,
-    pub seconds: f64,
-    pub gso: usize,
-    pub hub_cpu: &'a (dyn Fn() -> f64 + Sync),
-}
-
-impl EncryptStep<'_> {
-    pub fn run(self) -> Result<Step> {
+    /// LAN -> fleet: the hub encrypts.
+    pub fn encrypt(self) -> Result<Step> {
         let total = (self.rate_pps * self.seconds).ceil() as u64;
         let stop = AtomicBool::new(false);
         let fleet = self.fleet;
@@ -354,7 +355,7 @@ impl EncryptStep<'_> {
                 let mut recv = RecvBatch::new(BATCH);
                 let mut out = vec![0u8; 2048];
                 let (mut count, mut ok, mut bad) = (0u64, 0u64, 0u64);
-                let mut idle_since: Option<Instant> = None;
+                let mut drain = Drain::default();
                 loop {
                     let n = recv.recv(sock, Duration::from_millis(10))?;
                     for j in 0..n {
@@ -386,12 +387,8 @@ impl EncryptStep<'_> {
                             }
                         }
                     }
-                    if stop.load(Ordering::Relaxed) {
-                        if n > 0 {
-                            idle_since = None;
-                        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN {
-                            break;
-                        }
+                    if drain.done(stop.load(Ordering::Relaxed), n) {
+                        break;
                     }
                 }
                 Ok((count, ok, bad))

@@ -3,7 +3,10 @@
 //! output directory named after it.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::report::Written;
 
 /// Keeps the first occurrence of each item.
 pub fn dedup<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
@@ -50,6 +53,36 @@ pub fn started_now() -> (String, PathBuf) {
         time.replace(':', "")
     ));
     (format!("{date} {time}"), dir)
+}
+
+/// The end of a run: prints the Markdown report to stdout, says on stderr
+/// where the files went (with `detail`), and returns the exit status: 130
+/// after Ctrl-C, 1 if `failed`, else 0.
+pub fn conclude(
+    program: &str,
+    written: &Written,
+    detail: &str,
+    failed: bool,
+    interrupted: bool,
+) -> ExitCode {
+    println!(
+        "{}",
+        std::fs::read_to_string(&written.markdown).unwrap_or_default()
+    );
+    eprintln!(
+        "{program}: wrote {}, {} and {}; {detail}{}",
+        written.json.display(),
+        written.markdown.display(),
+        written.svg.display(),
+        if interrupted { "; interrupted" } else { "" }
+    );
+    if interrupted {
+        ExitCode::from(130)
+    } else if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 #[cfg(test)]
