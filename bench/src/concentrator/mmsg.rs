@@ -137,6 +137,17 @@ fn msghdr(iov: &mut libc::iovec, ctrl: &mut [u64; CTRL / 8]) -> libc::msghdr {
     msg
 }
 
+/// `cap` zeroed message headers and iovecs (filled before each call).
+fn empty_headers(cap: usize) -> (Vec<libc::mmsghdr>, Vec<libc::iovec>) {
+    // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+    let hdr: libc::mmsghdr = unsafe { zeroed() };
+    let iov = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    (vec![hdr; cap], vec![iov; cap])
+}
+
 /// One datagram (or GSO burst) to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Out<'a> {
@@ -171,15 +182,10 @@ impl std::fmt::Debug for SendBatch {
 
 impl SendBatch {
     pub fn new(cap: usize) -> SendBatch {
-        // SAFETY: these are plain C structs; zero is a valid value.
-        let zero_hdr: libc::mmsghdr = unsafe { zeroed() };
-        let zero_iov = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
+        let (hdrs, iovs) = empty_headers(cap);
         SendBatch {
-            hdrs: vec![zero_hdr; cap],
-            iovs: vec![zero_iov; cap],
+            hdrs,
+            iovs,
             names: vec![sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); cap],
             ctrl: vec![[0; CTRL / 8]; cap],
         }
@@ -297,16 +303,11 @@ impl std::fmt::Debug for RecvBatch {
 
 impl RecvBatch {
     pub fn new(cap: usize) -> RecvBatch {
-        // SAFETY: plain C structs; zero is valid.
-        let zero_hdr: libc::mmsghdr = unsafe { zeroed() };
-        let zero_iov = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
+        let (hdrs, iovs) = empty_headers(cap);
         RecvBatch {
             bufs: vec![0; cap * SLOT],
-            hdrs: vec![zero_hdr; cap],
-            iovs: vec![zero_iov; cap],
+            hdrs,
+            iovs,
             ctrl: vec![[0; CTRL / 8]; cap],
             meta: Vec::with_capacity(cap),
         }

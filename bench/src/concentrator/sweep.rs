@@ -26,6 +26,27 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step's counts and times (no sample, no latency yet).
+    pub fn timed(
+        offered_pps: f64,
+        sent: u64,
+        delivered: u64,
+        wall_s: f64,
+        sender_cpu_s: f64,
+        hub_cpu_s: f64,
+    ) -> Step {
+        Step {
+            offered_pps,
+            sent,
+            sent_pps: sent as f64 / wall_s.max(1e-6),
+            delivered,
+            wall_s,
+            sender_cpu_s,
+            hub_cpu_s,
+            ..Step::default()
+        }
+    }
+
     pub fn delivered_pps(&self) -> f64 {
         self.delivered as f64 / self.wall_s.max(1e-6)
     }

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
 use corewire_testkit::{Netns, Veth};
 
 /// The fleet's end of the fleet veth (the hub routes the endpoints to it).
@@ -104,12 +104,7 @@ impl Topology {
             "via",
             &HUB_LAN.to_string(),
         ])?;
-        let out = hub.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?;
-        ensure!(
-            out.status.success(),
-            "sysctl net.ipv4.ip_forward=1 in the hub namespace: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        enable_forwarding(&hub).context("net.ipv4.ip_forward=1 in the hub namespace")?;
         Ok(Topology {
             _fleet_link: fleet_link,
             _lan_link: lan_link,
@@ -118,6 +113,20 @@ impl Topology {
             lan,
         })
     }
+}
+
+/// Sets `net.ipv4.ip_forward` in `ns` (a thread enters it: /proc/sys/net
+/// shows the namespace of the thread that opens it).
+fn enable_forwarding(ns: &Netns) -> Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            ns.enter()?;
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread panicked"))?
+    })
 }
 
 #[cfg(test)]

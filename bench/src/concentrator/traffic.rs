@@ -331,16 +331,10 @@ impl StepSpec<'_> {
         })?;
         let (delivered, bad, hist) = sink;
         Ok(Step {
-            offered_pps: self.rate_pps,
-            sent,
-            sent_pps: sent as f64 / wall.max(1e-6),
-            delivered,
-            wall_s: wall,
-            sender_cpu_s: sender_cpu,
-            hub_cpu_s,
             sample_ok: delivered - bad,
             sample_bad: bad,
             latency_ns: Some(hist),
+            ..Step::timed(self.rate_pps, sent, delivered, wall, sender_cpu, hub_cpu_s)
         })
     }
 
@@ -454,16 +448,9 @@ impl StepSpec<'_> {
         let (sent, wall, sender_cpu, hub_cpu_s) = source;
         let (delivered, ok, bad) = received;
         Ok(Step {
-            offered_pps: self.rate_pps,
-            sent,
-            sent_pps: sent as f64 / wall.max(1e-6),
-            delivered,
-            wall_s: wall,
-            sender_cpu_s: sender_cpu,
-            hub_cpu_s,
             sample_ok: ok,
             sample_bad: bad,
-            latency_ns: None,
+            ..Step::timed(self.rate_pps, sent, delivered, wall, sender_cpu, hub_cpu_s)
         })
     }
 }

@@ -128,10 +128,19 @@ pub fn check_for(
         None
     };
     if !problems.is_empty() {
-        let apt = if problems.iter().any(|p| p.contains("apt-get")) {
-            "\n(all apt packages at once: apt-get install wireguard-tools iperf3 iproute2 wireguard-go)"
+        // The apt packages named in the problems, for one command.
+        let packages: Vec<&str> = problems
+            .iter()
+            .filter_map(|p| p.split_once("apt-get install "))
+            .filter_map(|(_, rest)| rest.split_whitespace().next())
+            .collect();
+        let apt = if packages.len() > 1 {
+            format!(
+                "\n(all apt packages at once: apt-get install {})",
+                packages.join(" ")
+            )
         } else {
-            ""
+            String::new()
         };
         bail!("cannot start:\n  - {}{apt}", problems.join("\n  - "));
     }
