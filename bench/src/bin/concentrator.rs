@@ -207,7 +207,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = Machine::describe_daemons(&tools, &daemons);
     eprintln!(
-        "concentrator: {} × {}, kernel {}; hubs {}; K {:?}; {} round(s); open-file limit {}{}",
+        "concentrator: {} vCPUs ({}), kernel {}; hubs {}; K {:?}; {} round(s); open-file limit {}{}",
         machine.nproc,
         machine.cpu_model,
         machine.kernel,
