@@ -449,7 +449,9 @@ pub fn iperf3_client(
 // --- Byte-exact TCP transfers ----------------------------------------------
 
 /// Receives one TCP connection and prints the SHA-256 and length of
-/// everything that came before EOF.
+/// everything that came before EOF. It waits up to 60 s for data: an 8 s
+/// underlay outage plus TCP's doubling retransmission timeout can leave a
+/// connection silent for well over 30 s on a loaded machine.
 pub const TCP_RECEIVER: &str = r#"
 import hashlib, socket, sys
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
@@ -457,9 +459,9 @@ s = socket.socket(fam, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
-s.settimeout(30)
+s.settimeout(60)
 c, _ = s.accept()
-c.settimeout(30)
+c.settimeout(60)
 h, n = hashlib.sha256(), 0
 while True:
     b = c.recv(1 << 20)
@@ -476,7 +478,7 @@ pub const TCP_SENDER: &str = r#"
 import hashlib, random, socket, sys
 data = random.Random(7).randbytes(int(sys.argv[3]))
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
 view = memoryview(data)
 for i in range(0, len(data), 1 << 18):
     c.sendall(view[i:i + (1 << 18)])
@@ -522,6 +524,14 @@ pub fn tcp_transfer(
         "python3",
         &["-c", TCP_SENDER, dst, &port.to_string(), &bytes.to_string()],
         &[],
+    );
+    let mut tx = tx;
+    let status = tx.wait_exit(timeout);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the TCP sender did not finish within {timeout:?} ({status:?}): {}\nthe receiver's output: {}",
+        tx.log(),
+        rx.log()
     );
     let sent = finish(tx, "the TCP sender", timeout);
     let got = finish(rx, "the TCP receiver", timeout);
