@@ -174,10 +174,7 @@ impl Engine {
             // The workers that did start stop; the failure is reported
             // once, by the caller, not again per worker.
             let mut engine = engine;
-            engine.broadcast(|| Msg::Stop);
-            for t in engine.threads.drain(..) {
-                let _ = t.join();
-            }
+            engine.stop_workers();
             return Err(std::io::Error::other(failed));
         }
         Ok(engine)
@@ -285,14 +282,20 @@ impl Engine {
 
     /// Stops the workers and waits for them.
     pub fn shutdown(&mut self) {
-        self.broadcast(|| Msg::Stop);
-        for t in self.threads.drain(..) {
-            match t.join() {
+        for ended in self.stop_workers() {
+            match ended {
                 Ok(Ok(c)) => tracing::debug!(?c, "worker stopped"),
                 Ok(Err(e)) => tracing::warn!("worker failed: {e}"),
                 Err(_) => tracing::error!("worker panicked"),
             }
         }
+    }
+
+    /// Tells the workers to stop, waits for each, and returns how each
+    /// ended.
+    fn stop_workers(&mut self) -> Vec<std::thread::Result<std::io::Result<Counters>>> {
+        self.broadcast(|| Msg::Stop);
+        self.threads.drain(..).map(JoinHandle::join).collect()
     }
 }
 
