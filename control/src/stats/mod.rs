@@ -23,7 +23,6 @@ pub mod report;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corewire_dataplane::engine::board::{Gauge, Published};
+
+use crate::uapi::server::bind_private;
 use corewire_dataplane::engine::steer::SteeringReader;
 
 use names::NamesFile;
@@ -143,7 +144,7 @@ impl StatsService {
         });
         let mut files = Vec::new();
         let path = stats_path(dir, ifname);
-        let stats = bind_unix(&path)?;
+        let stats = bind_private(&path)?;
         files.push(path);
         let s = shared.clone();
         spawn("corewire-stats", move || {
@@ -154,7 +155,7 @@ impl StatsService {
             let listener = match addr {
                 MetricsAddr::Tcp(a) => Listener::Tcp(TcpListener::bind(a)?),
                 MetricsAddr::Unix(p) => {
-                    let l = bind_unix(p)?;
+                    let l = bind_private(p)?;
                     files.push(p.clone());
                     Listener::Unix(l)
                 }
@@ -211,30 +212,6 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
             f()
         })
         .map(drop)
-}
-
-/// Binds a unix socket at `path` with mode 0600, replacing a stale one
-/// (a socket nobody answers on); anything else at the path is an error.
-fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
 }
 
 enum Listener {

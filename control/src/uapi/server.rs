@@ -106,37 +106,7 @@ impl UapiServer {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
         let path = dir.join(format!("{ifname}.sock"));
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            Ok(_) => {
-                if UnixStream::connect(&path).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("interface already in use: {} answers", path.display()),
-                    ));
-                }
-                // Stale: the rename below replaces it.
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-
-        let private = make_private_dir(dir, ifname)?;
-        let result = (|| {
-            let tmp = private.join("s");
-            let listener = UnixListener::bind(&tmp)?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&tmp, &path)?;
-            Ok::<_, io::Error>(listener)
-        })();
-        let _ = std::fs::remove_file(private.join("s"));
-        let _ = std::fs::remove_dir(&private);
-        let listener = result?;
+        let listener = bind_private(&path)?;
         listener.set_nonblocking(true)?;
         let meta = std::fs::symlink_metadata(&path)?;
         Ok(Self {
@@ -267,11 +237,51 @@ impl Drop for UapiServer {
     }
 }
 
-fn make_private_dir(dir: &Path, ifname: &str) -> io::Result<PathBuf> {
+/// Binds a unix socket at `path` that is never reachable by anyone but
+/// root: it is bound in a private 0700 directory beside `path`, set to
+/// 0600 there, and only then renamed into place. A stale socket (nobody
+/// answers on it) is replaced; anything else at `path`, or a live socket,
+/// is an error.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Ok(_) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("interface already in use: {} answers", path.display()),
+                ));
+            }
+            // Stale: the rename below replaces it.
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let private = make_private_dir(dir, &name)?;
+    let result = (|| {
+        let tmp = private.join("s");
+        let listener = UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok::<_, io::Error>(listener)
+    })();
+    let _ = std::fs::remove_file(private.join("s"));
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
+fn make_private_dir(dir: &Path, name: &str) -> io::Result<PathBuf> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     for _ in 0..100 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let private = dir.join(format!(".{ifname}.sock.{}.{n}", std::process::id()));
+        let private = dir.join(format!(".{name}.{}.{n}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&private) {
             Ok(()) => {
                 // The umask can only have narrowed 0700; make sure of it.
