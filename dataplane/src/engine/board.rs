@@ -404,6 +404,18 @@ mod tests {
 
     #[test]
     fn boards_do_not_share_cache_lines() {
-        assert!(std::mem::align_of::<WorkerBoard>() >= 128);
+        let published = Published::new(3);
+        let at: Vec<usize> = (0..3)
+            .map(|i| Arc::as_ptr(&published.board(i).unwrap()) as usize)
+            .collect();
+        for (i, a) in at.iter().enumerate() {
+            assert_eq!(a % 128, 0, "board {i} starts a 128-byte line");
+            for b in &at[i + 1..] {
+                assert!(
+                    a.abs_diff(*b) >= 128,
+                    "boards {a:#x} and {b:#x} share a line"
+                );
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ pub fn worker_of(index: u32, worker_bits: u8) -> u32 {
 
 /// Mask of the low `worker_bits` bits (clamped).
 #[inline]
-fn worker_mask(worker_bits: u8) -> u32 {
+pub fn worker_mask(worker_bits: u8) -> u32 {
     (1u32 << worker_bits.min(MAX_WORKER_BITS)) - 1
 }
 

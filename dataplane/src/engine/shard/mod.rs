@@ -48,6 +48,7 @@ use super::pool::{Buf, Packet, Pool, SMALL_BUF_SIZE};
 use super::routes::SharedRoutes;
 pub use crate::proto::cookie::CookieSeed;
 use crate::proto::cookie::MacVerdict;
+use crate::proto::index::worker_mask;
 use crate::proto::interface::{Drop, Interface};
 use crate::proto::messages::{HEADROOM, TAILROOM};
 use crate::proto::peer::{PeerError, PeerId, TickOutcome};
@@ -280,7 +281,7 @@ impl Shard {
         Self {
             id: s.id,
             workers: s.workers,
-            mask: (1u32 << bits) - 1,
+            mask: worker_mask(bits),
             port: 0,
             v6: true,
             mtu: DEFAULT_MTU as usize,
@@ -429,7 +430,7 @@ impl Shard {
     /// Whether work is left for the next turn (handshake messages beyond
     /// this turn's budget): the shell should not sleep.
     pub fn has_pending(&self) -> bool {
-        !self.handshakes.is_empty() || !self.proven.is_empty()
+        self.handshakes_waiting() > 0
     }
 
     /// The events since the last call (see [`Event`]).

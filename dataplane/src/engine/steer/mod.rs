@@ -30,6 +30,7 @@ use super::limits::{STEER_ROUTES, XDP_LIVE_INDEXES};
 use super::owner::{owner_of_key, worker_bits};
 use super::tun::Tun;
 use super::udp::UdpGroup;
+use crate::proto::index::worker_mask;
 use crate::proto::keys::PublicKey;
 
 /// How datagrams and TUN packets are steered to their worker.
@@ -118,7 +119,7 @@ impl Steering {
                 "eBPF steering off (--steering classic): datagrams by the classic reuseport filter, TUN packets for another worker's peers handed over"
             ),
             SteeringMode::Ebpf => {
-                let mask = (1u32 << worker_bits(self.workers)) - 1;
+                let mask = worker_mask(worker_bits(self.workers));
                 let udp = UdpSteering::load(self.workers, mask);
                 let tun = TunSteering::load(STEER_ROUTES).and_then(|t| {
                     t.attach(tun.queue_fds()[0].as_fd())?;
