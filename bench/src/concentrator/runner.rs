@@ -276,8 +276,17 @@ impl<'a> Runner<'a> {
             m.metrics
                 .insert("empty_mib", running.rss_empty as f64 / (1024.0 * 1024.0));
             m.metrics.insert("idle_kib_per_peer", per_peer(rss_idle));
+            // As read: a hub that returned memory after the traffic shows
+            // less than idle, and the note says so.
+            if rss_active < rss_idle {
+                m.notes.push(format!(
+                    "RSS after the traffic ({} KiB) is below the idle figure ({} KiB): the hub returned memory",
+                    rss_active / 1024,
+                    rss_idle / 1024
+                ));
+            }
             m.metrics
-                .insert("active_kib_per_peer", per_peer(rss_active.max(rss_idle)));
+                .insert("active_kib_per_peer", per_peer(rss_active));
             out.push(m);
         }
         if cases.contains(&Case::HandshakeFlood) {
