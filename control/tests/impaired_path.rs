@@ -22,7 +22,6 @@ mod netns;
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -72,9 +71,7 @@ fn relay(
     down: &AtomicBool,
     stop: &AtomicBool,
 ) -> [u64; 4] {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns_name}")).unwrap();
-    // SAFETY: setns on this thread only, with a namespace file we opened.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    corewire_testkit::enter(ns_name).unwrap();
     let front_sock = UdpSocket::bind(front).unwrap();
     let back_sock = UdpSocket::bind(back).unwrap();
     for s in [&front_sock, &back_sock] {

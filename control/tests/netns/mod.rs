@@ -489,12 +489,24 @@ print(hashlib.sha256(data).hexdigest(), len(data), flush=True)
 
 /// Waits for a helper script for at most `timeout` and returns its last
 /// line of output; panics with its log if it failed or did not finish.
-pub fn finish(mut p: Proc, what: &str, timeout: Duration) -> String {
+pub fn finish(p: Proc, what: &str, timeout: Duration) -> String {
+    finish_or_tell(p, what, timeout, String::new)
+}
+
+/// [`finish`], with `more()` (say, the other end's output) added to the
+/// failure message.
+fn finish_or_tell(
+    mut p: Proc,
+    what: &str,
+    timeout: Duration,
+    more: impl FnOnce() -> String,
+) -> String {
     let status = p.wait_exit(timeout);
     let log = p.log();
     assert!(
         status.is_some_and(|s| s.success()),
-        "{what} did not finish within {timeout:?} ({status:?}): {log}"
+        "{what} did not finish within {timeout:?} ({status:?}): {log}{}",
+        more()
     );
     log.lines().last().unwrap_or_default().trim().to_owned()
 }
@@ -525,15 +537,9 @@ pub fn tcp_transfer(
         &["-c", TCP_SENDER, dst, &port.to_string(), &bytes.to_string()],
         &[],
     );
-    let mut tx = tx;
-    let status = tx.wait_exit(timeout);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the TCP sender did not finish within {timeout:?} ({status:?}): {}\nthe receiver's output: {}",
-        tx.log(),
-        rx.log()
-    );
-    let sent = finish(tx, "the TCP sender", timeout);
+    let sent = finish_or_tell(tx, "the TCP sender", timeout, || {
+        format!("\nthe receiver's output: {}", rx.log())
+    });
     let got = finish(rx, "the TCP receiver", timeout);
     assert_eq!(got, sent, "TCP to {dst}: received bytes differ from sent");
 }
