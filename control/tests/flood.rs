@@ -154,7 +154,7 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
     }
     netns::assert_ping(&spoke_ns, "10.0.0.1", 2, Duration::from_secs(10));
     let hub_pid = hub.pid().expect("hub pid");
-    let hub_public = hub_key.public_bytes();
+    let hub_public = hub_key.public_bytes().unwrap();
     let target = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 1), PORT);
 
     let transfer = |seconds: u32| -> f64 {

@@ -102,15 +102,10 @@ fn datagram(kind: FloodKind, rng: &mut Rng, mac1_key: &[u8; 32], out: &mut [u8; 
             rng.fill(&mut out[..148]);
             out[..4].copy_from_slice(&1u32.to_le_bytes());
             // mac1 = BLAKE2s-128 keyed with mac1_key over the first 116 bytes.
-            let mac: [u8; 16] =
-                match <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(mac1_key)
-                {
-                    Ok(mut m) => {
-                        m.update(&out[..116]);
-                        m.finalize_fixed().into()
-                    }
-                    Err(_) => [0; 16],
-                };
+            let mut m =
+                <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new(&(*mac1_key).into());
+            m.update(&out[..116]);
+            let mac: [u8; 16] = m.finalize_fixed().into();
             out[116..132].copy_from_slice(&mac);
             out[132..148].fill(0);
             148

@@ -34,15 +34,18 @@ impl Keypair {
         Ok(Keypair { private, public })
     }
 
-    /// The public key's 32 bytes (all zero if it is not valid base64 of
-    /// 32 bytes, which `wg pubkey` never prints).
-    pub fn public_bytes(&self) -> [u8; 32] {
+    /// The public key's 32 bytes; an error if it is not base64 of 32
+    /// bytes (which `wg pubkey` never prints).
+    pub fn public_bytes(&self) -> Result<[u8; 32]> {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD
             .decode(self.public.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .unwrap_or([0; 32])
+            .ok_or_else(|| Error::Parse {
+                what: "public key",
+                problem: format!("{:?} is not base64 of 32 bytes", self.public),
+            })
     }
 }
 

@@ -124,7 +124,7 @@ impl<'a> Runner<'a> {
         let started = Instant::now();
         'all: for k in self.settings.peer_counts.clone() {
             eprintln!("concentrator: K = {k}: generating {k} key pairs");
-            let mut fleet = Fleet::new(k, self.hub_key.public_bytes())?;
+            let mut fleet = Fleet::new(k, self.hub_key.public_bytes()?)?;
             let conf = fleet.hub_peers_conf();
             for round in 1..=self.settings.runs {
                 for &hub in hubs {
@@ -307,7 +307,7 @@ impl<'a> Runner<'a> {
         let flood = Flood {
             kind: FloodKind::Initiations,
             target: hub_addr(),
-            target_public: self.hub_key.public_bytes(),
+            target_public: self.hub_key.public_bytes()?,
             sources: vec![FLEET_VETH],
             sockets_per_source: 64,
             rate: self.settings.flood_rate,

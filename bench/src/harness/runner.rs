@@ -185,10 +185,11 @@ impl<'a> Bench<'a> {
             &flow.args(),
         )?;
         // A flood case floods b's WireGuard port from side a meanwhile.
+        let target_public = self.keys.1.public_bytes()?;
         let flood = case.flood().map(|kind| Flood {
             kind,
             target: SocketAddrV4::new(VETH_B, LISTEN_PORT),
-            target_public: self.keys.1.public_bytes(),
+            target_public,
             sources: vec![VETH_A],
             sockets_per_source: 128,
             rate: Case::FLOOD_RATE,
