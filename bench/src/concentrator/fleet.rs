@@ -13,8 +13,9 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
-use super::mmsg::{thread_cpu_seconds, Out, RecvBatch, SendBatch, UdpSock};
+use super::mmsg::{Out, RecvBatch, SendBatch, UdpSock};
 use super::topology::{endpoint, peer_of, tunnel_addr, ENDPOINT_BASE, HUB_PORT, HUB_VETH};
+use crate::harness::cpu::thread_cpu_seconds;
 
 /// Messages per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;

@@ -390,17 +390,3 @@ impl RecvBatch {
         Some((&self.bufs[i * SLOT..i * SLOT + len], dst))
     }
 }
-
-/// CPU seconds (user + system) the calling thread has used.
-pub fn thread_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct we pass.
-    let usage = unsafe {
-        let mut u: libc::rusage = zeroed();
-        if libc::getrusage(libc::RUSAGE_THREAD, &mut u) != 0 {
-            return 0.0;
-        }
-        u
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}

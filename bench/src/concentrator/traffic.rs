@@ -20,9 +20,10 @@ use corewire_testkit::packets::ipv4_udp;
 use hdrhistogram::Histogram;
 
 use super::fleet::{hub_addr, Fleet, BATCH, TYPE_DATA};
-use super::mmsg::{thread_cpu_seconds, Out, RecvBatch, SendBatch, UdpSock};
+use super::mmsg::{Out, RecvBatch, SendBatch, UdpSock};
 use super::sweep::Step;
 use super::topology::{endpoint, tunnel_addr, LAN, LAN_PORT};
+use crate::harness::cpu::thread_cpu_seconds;
 
 const MAGIC: [u8; 4] = *b"cwcc";
 /// The smallest payload (sequence, peer, magic).

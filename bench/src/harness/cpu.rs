@@ -88,6 +88,11 @@ fn parse_system_stat(text: &str) -> Option<(u64, u64)> {
     Some((user + nice + system + irq + softirq + steal, steal))
 }
 
+/// CPU seconds (user + system) the calling thread has used.
+pub fn thread_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_THREAD)
+}
+
 fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage(2) fills the zeroed struct we pass; no other memory.
     let usage = unsafe {
