@@ -79,15 +79,6 @@ fn flood(kind: FloodKind, target: SocketAddrV4, hub_public: [u8; 32]) -> Flood {
 }
 
 /// The resident memory of process `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
     let test = "floods_leave_the_hub_up_bounded_and_open_to_new_peers";
@@ -208,7 +199,7 @@ fn floods_leave_the_hub_up_bounded_and_open_to_new_peers() {
                     out.contains(&spoke_key.public),
                     "wg show lost the spoke: {out}"
                 );
-                peak = peak.max(rss_kib(hub_pid));
+                peak = peak.max(corewire_testkit::rss_kib(hub_pid).unwrap_or(0));
                 if !joined {
                     joined = att_ns
                         .command("ping", &["-c", "1", "-W", "1", "10.0.0.1"])

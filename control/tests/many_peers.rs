@@ -25,7 +25,7 @@
 mod netns;
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -64,9 +64,7 @@ fn address(i: usize) -> String {
 
 /// Resident memory of a process in KiB.
 fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    pid.and_then(corewire_testkit::rss_kib)
 }
 
 /// `wg args...` in `ns` bounded by [`BULK_TIMEOUT`]; stdout, and how long it took.

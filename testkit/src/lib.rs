@@ -45,7 +45,9 @@ pub use flood::{Flood, FloodKind};
 pub use iperf3::{iperf3_client, Flow, Iperf3Client, Iperf3Result, Iperf3Server};
 pub use names::{next_id, socket_addr, unique_ifname, unix_now};
 pub use netns::{enter, netns_exists, sweep_stale, Netns, Veth, STALE_AFTER};
-pub use process::{cmdline, fd_target, find_binary, pid_alive, stop_pids, Proc, STOP_GRACE};
+pub use process::{
+    cmdline, fd_target, find_binary, pid_alive, rss_kib, stop_pids, Proc, STOP_GRACE,
+};
 pub use serde_json;
 pub use tempdir::TempDir;
 pub use uapi::{socket_path, uapi_get, SOCKET_DIR};

@@ -24,6 +24,13 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Lines of a log printed when a guard is dropped during a panic.
 const TAIL_LINES: usize = 30;
 
+/// The resident memory of process `pid` in KiB (`VmRSS`), if it exists.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Alive and not a zombie. Daemons are reparented to PID 1, which may not
 /// reap them (it does not in some containers), so they linger as zombies.
 pub fn pid_alive(pid: u32) -> bool {
@@ -251,6 +258,12 @@ impl Drop for Proc {
 mod tests {
     use super::*;
     use crate::command::command;
+
+    #[test]
+    fn rss_of_self() {
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
+        assert_eq!(rss_kib(u32::MAX), None);
+    }
 
     #[test]
     fn proc_logs_and_stops() {

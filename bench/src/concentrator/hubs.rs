@@ -115,14 +115,6 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Resident set size of a process in bytes (`VmRSS`).
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 impl RunningHub {
     /// Starts `hub` in `ns`, then configures its key, port and the peers
     /// (`peers_conf`: `[Peer]` sections) with one `wg addconf`, its tunnel
@@ -147,7 +139,7 @@ impl RunningHub {
         };
         // Let the process settle before the baseline.
         std::thread::sleep(Duration::from_millis(200));
-        let rss_empty = rss_bytes(pid).unwrap_or(0);
+        let rss_empty = corewire_testkit::rss_kib(pid).map_or(0, |k| k * 1024);
         let mut running = RunningHub {
             dev,
             pid,
@@ -220,7 +212,7 @@ impl RunningHub {
     }
 
     pub fn rss(&self) -> u64 {
-        rss_bytes(self.pid).unwrap_or(0)
+        corewire_testkit::rss_kib(self.pid).map_or(0, |k| k * 1024)
     }
 
     /// An error with the end of its log if the hub has exited.
@@ -248,10 +240,5 @@ mod tests {
         }
         assert_eq!(Hub::parse("kernel"), None);
         assert_eq!(Hub::Corewire1.args(), ["--threads", "1"]);
-    }
-
-    #[test]
-    fn rss_of_self() {
-        assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 }
