@@ -8,21 +8,29 @@ use corewire_dataplane::proto::keys::PublicKey;
 /// Lines per kind (added, removed) per request before the rest is counted.
 pub const PER_REQUEST: usize = 10;
 
-/// Logs the peers one request added and removed.
-pub fn peers_changed(added: &[PublicKey], removed: &[PublicKey]) {
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return;
-    }
-    for (what, keys) in [("peer added", added), ("peer removed", removed)] {
-        for k in keys.iter().take(PER_REQUEST) {
+/// Logs the peers one request added and removed (callers check that info
+/// is enabled before they gather them).
+pub fn peers_changed(
+    added: impl IntoIterator<Item = PublicKey>,
+    removed: impl IntoIterator<Item = PublicKey>,
+) {
+    log_kind("peer added", added.into_iter());
+    log_kind("peer removed", removed.into_iter());
+}
+
+fn log_kind(what: &str, keys: impl Iterator<Item = PublicKey>) {
+    let mut total = 0usize;
+    for k in keys {
+        if total < PER_REQUEST {
             tracing::info!(peer = %k, "{what}");
         }
-        if keys.len() > PER_REQUEST {
-            tracing::info!(
-                more = keys.len() - PER_REQUEST,
-                total = keys.len(),
-                "{what} (the rest not logged one by one)"
-            );
-        }
+        total += 1;
+    }
+    if total > PER_REQUEST {
+        tracing::info!(
+            more = total - PER_REQUEST,
+            total,
+            "{what} (the rest not logged one by one)"
+        );
     }
 }

@@ -585,21 +585,20 @@ impl Commit {
         {
             return;
         }
+        let appends = self.appends.iter().map(|e| e.public_key);
+        let removes = self.removes.iter().copied();
+        // Only a commit that both removes and appends can re-create a
+        // peer; the others (a bulk `wg addconf`) need no lookup sets.
+        if self.removes.is_empty() || self.appends.is_empty() {
+            crate::peer_log::peers_changed(appends, removes);
+            return;
+        }
         let removed: HashSet<&PublicKey> = self.removes.iter().collect();
         let appended: HashSet<&PublicKey> = self.appends.iter().map(|e| &e.public_key).collect();
-        let added: Vec<PublicKey> = self
-            .appends
-            .iter()
-            .map(|e| e.public_key)
-            .filter(|k| !removed.contains(k))
-            .collect();
-        let gone: Vec<PublicKey> = self
-            .removes
-            .iter()
-            .filter(|k| !appended.contains(k))
-            .copied()
-            .collect();
-        crate::peer_log::peers_changed(&added, &gone);
+        crate::peer_log::peers_changed(
+            appends.filter(|k| !removed.contains(k)),
+            removes.filter(|k| !appended.contains(k)),
+        );
     }
 }
 
